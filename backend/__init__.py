@@ -1,0 +1,1 @@
+"""syncq: an async-first data-sync backend (FastAPI in front, Celery on Redis behind)."""

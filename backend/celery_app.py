@@ -1,0 +1,70 @@
+"""The Celery app (``celery -A backend.celery_app worker|beat|flower``).
+
+Broker and result backend come from settings; queues, routes and reliability settings are
+here; the tasks themselves come from the one registry (backend/runtime/registry.py).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue as KombuQueue
+
+from backend.config import Settings, get_settings
+from backend.constants import ALL_QUEUES, Queue
+from backend.runtime.registry import all_specs
+from backend.runtime.worker import bind_tasks
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    app = Celery("syncq", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    routes = {spec.name: {"queue": spec.queue} for spec in all_specs()}
+    app.conf.update(
+        task_queues=[KombuQueue(name, routing_key=name) for name in ALL_QUEUES],  # type: ignore[no-untyped-call]
+        task_default_queue=Queue.DEFAULT.value,
+        task_routes=routes,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        # Reliability: a message is acked only after its task ran, and a task whose worker
+        # died goes back to the queue; each process takes one message at a time so a long
+        # sync never hides a queued urgent one.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        # The soft limit is enforced on the task's event loop (runtime/execution.py); the
+        # hard limit kills a process whose body blocked its loop.
+        task_time_limit=settings.task_time_limit,
+        result_expires=settings.result_expires_seconds,
+        result_extended=True,
+        task_default_priority=4,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Priorities on Redis: one list per step; 0 is served first (see runtime/broker.py).
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # Bound kombu's connection retries so publishing never hangs on a dead Redis.
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.2,
+            "socket_connect_timeout": 1.0,
+            "socket_timeout": 5.0,
+            "visibility_timeout": settings.task_time_limit + 300,
+        },
+        result_backend_transport_options={"retry_policy": {"max_retries": 2, "timeout": 1.0}},
+        redis_socket_connect_timeout=1.0,
+        redis_socket_timeout=5.0,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+    )
+    bind_tasks(app, settings)
+    return app
+
+
+app = create_celery_app(get_settings())

@@ -1,0 +1,95 @@
+"""The one settings object. Every environment variable the project reads is read here.
+
+Settings are built on demand (``get_settings()``), never at import of another module, so a
+test or a launcher can set the environment first and still get what it set.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+
+    redis_url: str = ""
+    redis_host: str | None = None
+    redis_port: int | None = None
+    redis_db: int | None = None
+    redis_password: str | None = None
+    celery_broker_url: str = ""
+    celery_result_backend: str = ""
+
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Celery reliability knobs.
+    task_soft_time_limit: int = 300
+    task_time_limit: int = 600
+    task_max_retries: int = 3
+    task_retry_backoff_max: int = 60
+    result_expires_seconds: int = 24 * 3600
+    worker_concurrency: int | None = None
+
+    # Runtime: leases, recovery and the local executor.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    pending_redispatch_seconds: float = 600.0
+    recovery_interval_seconds: float = 30.0
+    max_attempts: int = 3
+    broker_probe_timeout: float = 0.25
+    broker_probe_ttl: float = 2.0
+    local_concurrency: int = 4
+    local_queue_size: int = 1000
+    idempotency_ttl_seconds: int = 24 * 3600
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.redis_url:
+            self.redis_url = self._assemble_redis_url()
+        self.celery_broker_url = self.celery_broker_url or self.redis_url
+        self.celery_result_backend = self.celery_result_backend or self.redis_url
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'syncq.db'}"
+        if not self.api_tokens and self.token_file.is_file():
+            token = self.token_file.read_text().strip()
+            if token:
+                self.api_tokens = [token]
+        return self
+
+    def _assemble_redis_url(self) -> str:
+        if not any((self.redis_host, self.redis_port, self.redis_db, self.redis_password)):
+            return DEFAULT_REDIS_URL
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        host = self.redis_host or "127.0.0.1"
+        return f"redis://{auth}{host}:{self.redis_port or 6379}/{self.redis_db or 0}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "api_token"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,53 @@
+"""Every name both sides of the queue share: queues, task names, states and Redis keys.
+
+Routers submit by task name and never import task code, so the names live here, in one
+place the API process and the workers both read (the arq pattern).
+"""
+
+from enum import StrEnum
+
+
+class Queue(StrEnum):
+    DATABASE = "database"
+    DATA_SYNC = "data_sync"
+    SCHEDULED = "scheduled"
+    DEFAULT = "default"
+
+
+ALL_QUEUES: tuple[str, ...] = tuple(q.value for q in Queue)
+
+
+class TaskName(StrEnum):
+    HEALTH_CHECK = "system.health_check"
+    NOOP = "system.noop"
+    SLEEP = "system.sleep"
+
+
+class State(StrEnum):
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"
+
+
+FINAL_STATES: frozenset[str] = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+# A row in one of these states is owned by whoever holds its lease (see runtime/ledger.py).
+RUNNING_STATES: frozenset[str] = frozenset({State.STARTED, State.PROGRESS})
+# A row in one of these states waits for a message (or a local slot) to run it.
+WAITING_STATES: frozenset[str] = frozenset({State.PENDING, State.RETRY})
+
+
+class Executor(StrEnum):
+    CELERY = "celery"
+    LOCAL = "local"
+
+
+# Redis keys written by syncq itself (Celery's and kombu's own keys are theirs).
+REDIS_PREFIX = "syncq:"
+# Sorted set of live worker node names scored by their last heartbeat (unix seconds).
+WORKERS_KEY = REDIS_PREFIX + "workers"
+# Set once per Redis lifetime; its absence tells the recovery sweep that Redis lost its data.
+BROKER_EPOCH_KEY = REDIS_PREFIX + "broker-epoch"

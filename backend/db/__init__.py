@@ -1,0 +1,1 @@
+"""Database layer: per-process async engine, typed models, and the Alembic migrations."""

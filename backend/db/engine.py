@@ -1,0 +1,89 @@
+"""One async engine and session factory per process, made after fork and never inherited.
+
+A Celery prefork child, the API process and a test each call ``get_session_factory()`` in
+their own process and event loop; the cache is keyed by pid so a forked child never reuses
+its parent's pooled connections (which belong to another process and another loop).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from backend.config import Settings, get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+_engines: dict[tuple[int, str], AsyncEngine] = {}
+_factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """Build an engine tuned for its backend; SQLite is shared by several processes."""
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            # A pool of file connections per process is cheap and avoids reopening the file.
+            pool_size=5,
+            max_overflow=10,
+        )
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def make_unpooled_engine(url: str) -> AsyncEngine:
+    """An engine for short-lived tools (migrations, tests) that must not keep connections."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    if make_url(url).get_backend_name() == "sqlite":
+        _tune_sqlite(engine)
+    return engine
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    database = engine.url.database
+    if database and database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside one writer across processes; the busy timeout makes a
+        # writer wait for the lock instead of failing at once.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def get_engine(settings: Settings | None = None) -> AsyncEngine:
+    url = (settings or get_settings()).database_url
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url)
+    return engine
+
+
+def get_session_factory(settings: Settings | None = None) -> async_sessionmaker[Any]:
+    url = (settings or get_settings()).database_url
+    key = (os.getpid(), url)
+    factory = _factories.get(key)
+    if factory is None:
+        factory = _factories[key] = async_sessionmaker(get_engine(settings), expire_on_commit=False)
+    return factory
+
+
+async def dispose_engines() -> None:
+    """Close this process's engines (at shutdown; a fork's inherited ones are just dropped)."""
+    pid = os.getpid()
+    for key in [k for k in _engines if k[0] == pid]:
+        await _engines.pop(key).dispose()
+        _factories.pop(key, None)

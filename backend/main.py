@@ -1,0 +1,60 @@
+"""The ASGI app: ``backend.main:app``, built by ``create_app()``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from backend.api.errors import install_error_handlers
+from backend.config import Settings, get_settings
+from backend.db.engine import dispose_engines
+from backend.routers import api_router
+from backend.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if settings is get_settings():
+        from backend.celery_app import app as celery
+    else:
+        from backend.celery_app import create_celery_app
+
+        celery = create_celery_app(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api_tokens:
+            log.warning("no API token configured (API_TOKENS): every route but /health is 401")
+        runtime = Runtime(settings, celery)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await dispose_engines()
+
+    app = FastAPI(
+        title="syncq",
+        summary="Async-first data sync: every read and write runs as a task.",
+        version="0.1.0",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(api_router)
+    return app
+
+
+app = create_app()

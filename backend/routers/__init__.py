@@ -1,0 +1,10 @@
+"""One module per resource; ``api_router`` gathers them. Routers never touch the database."""
+
+from fastapi import APIRouter
+
+from backend.routers import health, tasks
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(tasks.router)
+api_router.include_router(tasks.legacy_router)

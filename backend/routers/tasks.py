@@ -1,0 +1,83 @@
+"""Task status, cancel, listing, the worker round-trip, and diagnostic submissions."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
+from backend.constants import State, TaskName
+from backend.runtime import get_spec
+from backend.schemas.tasks import HealthCheck, TaskStatus, TaskSubmit, task_status
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=Authenticated)
+legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated)
+
+TaskId = Annotated[str, Query(max_length=64)]
+
+HEALTH_CHECK_TIMEOUT = 5.0
+
+
+def accepted(response: Response, task_id: str) -> None:
+    """Every submission answers 202 with the task's Location."""
+    response.status_code = status.HTTP_202_ACCEPTED
+    response.headers["Location"] = f"/api/tasks/{task_id}"
+
+
+@router.get("/health-check", response_model=HealthCheck)
+async def health_check(runtime: RuntimeDep) -> HealthCheck:
+    started = time.perf_counter()
+    answer = await runtime.roundtrip(TaskName.HEALTH_CHECK, timeout=HEALTH_CHECK_TIMEOUT)
+    return HealthCheck(
+        ok=bool(answer.get("ok")),
+        worker=str(answer.get("worker")),
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@router.get("", response_model=list[TaskStatus])
+async def list_tasks(
+    runtime: RuntimeDep,
+    state: State | None = None,
+    name: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[TaskStatus]:
+    runs = await runtime.recent(state=state, name=name, limit=limit)
+    return [task_status(r) for r in runs]
+
+
+@router.post("", response_model=TaskStatus, status_code=status.HTTP_202_ACCEPTED)
+async def submit_task(
+    body: TaskSubmit,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskStatus:
+    """Submit a diagnostic task by name; application work has its own routes."""
+    if not get_spec(body.name).submittable:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.name} is not submittable"
+        )
+    submission = await runtime.submit(
+        body.name, body.args, priority=body.priority, idempotency_key=idempotency_key
+    )
+    accepted(response, submission.run.id)
+    return task_status(submission.run)
+
+
+@router.get("/{task_id}", response_model=TaskStatus)
+async def get_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+    return task_status(await runtime.status(task_id))
+
+
+@router.delete("/{task_id}", response_model=TaskStatus, status_code=status.HTTP_202_ACCEPTED)
+async def cancel_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+    return task_status(await runtime.cancel(task_id))
+
+
+@legacy_router.get("/task/{task_id}", response_model=TaskStatus)
+async def get_task_legacy(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+    """The older clients' path; same as GET /api/tasks/{task_id}."""
+    return task_status(await runtime.status(task_id))

@@ -1,0 +1,124 @@
+"""The broker as the API process sees it: a cached health probe and a bounded publish.
+
+Celery's publish retries and kombu's connection retries can hang ``send_task`` for seconds
+(or forever) when Redis is gone. The request path therefore never waits on Redis: it reads
+the cached health, refreshed in the background, and a failed publish marks the broker down
+at once so the caller falls back to the local executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+from redis.exceptions import RedisError
+
+from backend.config import Settings
+from backend.constants import BROKER_EPOCH_KEY, WORKERS_KEY
+
+log = logging.getLogger(__name__)
+
+WORKER_SEEN_WITHIN = 15.0
+
+
+def celery_priority(priority: int) -> int:
+    """API priorities are 0-9 with 9 the most urgent; kombu's Redis transport serves 0 first."""
+    return 9 - max(0, min(9, priority))
+
+
+class Broker:
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        self.settings = settings
+        self.celery = celery
+        self._redis = aioredis.Redis.from_url(
+            settings.celery_broker_url,
+            socket_connect_timeout=settings.broker_probe_timeout,
+            socket_timeout=settings.broker_probe_timeout,
+            retry_on_timeout=False,
+        )
+        self._up = False
+        self._checked_at = float("-inf")
+        self._probe_lock = asyncio.Lock()
+        self._refresh: asyncio.Task[bool] | None = None
+
+    @property
+    def up(self) -> bool:
+        """The last known health, never waiting. A stale answer starts a background probe."""
+        if time.monotonic() - self._checked_at > self.settings.broker_probe_ttl:
+            self._start_refresh()
+        return self._up
+
+    def _start_refresh(self) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self.probe())
+
+    async def probe(self) -> bool:
+        async with self._probe_lock:
+            try:
+                await self._redis.ping()
+                up = True
+            except (RedisError, OSError):
+                up = False
+            if up != self._up:
+                log.warning("broker is %s", "up" if up else "down")
+            self._up, self._checked_at = up, time.monotonic()
+            return up
+
+    def mark_down(self) -> None:
+        if self._up:
+            log.warning("broker is down (publish failed)")
+        self._up, self._checked_at = False, time.monotonic()
+
+    async def publish(
+        self, *, name: str, task_id: str, kwargs: dict[str, Any], queue: str, priority: int
+    ) -> bool:
+        """Send the task message; False (and broker marked down) when Redis refused it."""
+
+        def send() -> None:
+            self.celery.send_task(
+                name,
+                kwargs=kwargs,
+                task_id=task_id,
+                queue=queue,
+                priority=celery_priority(priority),
+                retry=False,
+            )
+
+        try:
+            await asyncio.to_thread(send)
+        except Exception as exc:  # kombu raises OperationalError, redis raises its own
+            log.warning("publish of %s failed: %s", task_id, exc)
+            self.mark_down()
+            return False
+        return True
+
+    async def lost_its_data(self) -> bool:
+        """True once after Redis came back empty: the epoch key we leave there is gone.
+
+        Queued messages vanished with it, so every waiting Celery task needs a new one.
+        """
+        try:
+            created = await self._redis.set(
+                BROKER_EPOCH_KEY, uuid.uuid4().hex, nx=True, ex=30 * 24 * 3600
+            )
+        except (RedisError, OSError):
+            return False
+        return bool(created)
+
+    async def worker_count(self) -> int:
+        try:
+            return int(
+                await self._redis.zcount(WORKERS_KEY, time.time() - WORKER_SEEN_WITHIN, "+inf")
+            )
+        except (RedisError, OSError):
+            return 0
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        await self._redis.aclose()

@@ -1,0 +1,75 @@
+"""What a task body receives: its session factory, progress reporting and cancellation.
+
+The same object is handed over by the Celery worker and by the local executor, so a body
+never knows (or cares) where it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+class TaskCancelled(Exception):
+    """Raised at a checkpoint once the task was cancelled; the task ends REVOKED."""
+
+
+class TransientError(Exception):
+    """Raise (or wrap) to ask for a retry with exponential backoff instead of a FAILURE."""
+
+
+class LeaseLost(Exception):
+    """Another runner took the task over (our lease expired); stop without writing."""
+
+
+ProgressWriter = Callable[[int, int | None, str | None], Awaitable[None]]
+CancelProbe = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class TaskContext:
+    task_id: str
+    name: str
+    attempt: int
+    executor: str
+    runner: str
+    session_factory: async_sessionmaker[AsyncSession]
+    _write_progress: ProgressWriter
+    _probe_cancel: CancelProbe
+    cancel_check_interval: float = 1.0
+    _cancelled: bool = False
+    _last_probe: float = field(default=0.0)
+
+    def session(self) -> AsyncSession:
+        return self.session_factory()
+
+    async def progress(
+        self, current: int, total: int | None = None, message: str | None = None
+    ) -> None:
+        await self._write_progress(current, total, message)
+
+    def mark_cancelled(self) -> None:
+        self._cancelled = True
+
+    async def checkpoint(self) -> None:
+        """Call between units of work: raises TaskCancelled once a cancel was requested.
+
+        The ledger is read at most once per ``cancel_check_interval`` so a tight loop of
+        checkpoints costs nothing; the runner's heartbeat also sets the flag.
+        """
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_probe >= self.cancel_check_interval:
+            self._last_probe = now
+            if await self._probe_cancel():
+                self._cancelled = True
+        if self._cancelled:
+            raise TaskCancelled(self.task_id)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` object of the status contract: a type and a readable message."""
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}

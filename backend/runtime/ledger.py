@@ -1,0 +1,374 @@
+"""Queries on the task ledger (``task_runs``), the one table the runtime owns.
+
+Every transition is a single conditional UPDATE, so two processes racing on one row (a
+duplicate delivery, a sweep and a runner, a cancel and a finish) can never both win, and
+no transition waits on a read-then-write. Final states are never left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
+from backend.db.models import TaskRun
+from backend.db.models.base import utcnow
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def get(sessions: Sessions, task_id: str) -> TaskRun | None:
+    async with sessions() as session:
+        return await session.get(TaskRun, task_id)
+
+
+async def insert(
+    sessions: Sessions,
+    *,
+    task_id: str,
+    name: str,
+    queue: str,
+    args: dict[str, Any],
+    priority: int,
+    executor: str,
+    idempotency_key: str | None,
+    idempotency_ttl: timedelta,
+) -> tuple[TaskRun, bool]:
+    """Record an accepted task. Returns (row, created); an idempotency key seen within the
+    TTL returns the first row instead (created False)."""
+    now = utcnow()
+    async with sessions() as session:
+        if idempotency_key is not None:
+            existing = await _by_key(session, idempotency_key)
+            if existing is not None and existing.submitted_at > now - idempotency_ttl:
+                return existing, False
+            if existing is not None:  # expired: free the key for the new task
+                await session.execute(
+                    update(TaskRun).where(TaskRun.id == existing.id).values(idempotency_key=None)
+                )
+        row = TaskRun(
+            id=task_id,
+            name=name,
+            queue=queue,
+            state=State.PENDING,
+            priority=priority,
+            args=args,
+            executor=executor,
+            attempts=0,
+            recoveries=0,
+            cancel_requested=False,
+            idempotency_key=idempotency_key,
+            submitted_at=now,
+            dispatched_at=now,
+        )
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:
+            # Another request with the same key won the race: answer with its task.
+            await session.rollback()
+            if idempotency_key is None:
+                raise
+            winner = await _by_key(session, idempotency_key)
+            if winner is None:
+                raise
+            return winner, False
+        return row, True
+
+
+async def _by_key(session: AsyncSession, key: str) -> TaskRun | None:
+    result = await session.execute(select(TaskRun).where(TaskRun.idempotency_key == key))
+    return result.scalar_one_or_none()
+
+
+async def _update(sessions: Sessions, *conditions: Any, **values: Any) -> int:
+    async with sessions() as session:
+        result = await session.execute(update(TaskRun).where(*conditions).values(**values))
+        await session.commit()
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def claim(
+    sessions: Sessions,
+    *,
+    task_id: str,
+    token: str,
+    runner: str,
+    executor: str,
+    lease: timedelta,
+) -> bool:
+    """Take the row for one run: a waiting row, or a running one whose holder went silent.
+
+    The claim is what makes a duplicate delivery do nothing: only one claimant's UPDATE
+    matches, and a live runner's heartbeat keeps its lease from matching at all.
+    """
+    now = utcnow()
+    claimable = or_(
+        TaskRun.state.in_(WAITING_STATES),
+        and_(TaskRun.state.in_(RUNNING_STATES), TaskRun.heartbeat_at < now - lease),
+    )
+    return (
+        await _update(
+            sessions,
+            TaskRun.id == task_id,
+            TaskRun.cancel_requested.is_(False),
+            claimable,
+            state=State.STARTED,
+            claim_token=token,
+            runner=runner,
+            executor=executor,
+            attempts=TaskRun.attempts + 1,
+            started_at=func.coalesce(TaskRun.started_at, now),
+            heartbeat_at=now,
+        )
+        == 1
+    )
+
+
+def _held(task_id: str, token: str) -> Any:
+    return and_(
+        TaskRun.id == task_id,
+        TaskRun.claim_token == token,
+        TaskRun.state.not_in(FINAL_STATES),
+    )
+
+
+async def heartbeat(sessions: Sessions, *, task_id: str, token: str) -> bool:
+    """Extend the lease; False when the row is no longer ours (finished, revoked, taken)."""
+    return await _update(sessions, _held(task_id, token), heartbeat_at=utcnow()) == 1
+
+
+async def cancel_requested(sessions: Sessions, task_id: str) -> bool:
+    async with sessions() as session:
+        value = await session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == task_id))
+        return bool(value)
+
+
+async def set_progress(
+    sessions: Sessions, *, task_id: str, token: str, progress: dict[str, Any]
+) -> bool:
+    return (
+        await _update(
+            sessions,
+            _held(task_id, token),
+            state=State.PROGRESS,
+            progress=progress,
+            heartbeat_at=utcnow(),
+        )
+        == 1
+    )
+
+
+async def finish(
+    sessions: Sessions,
+    *,
+    task_id: str,
+    token: str,
+    state: State,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    return (
+        await _update(
+            sessions,
+            _held(task_id, token),
+            state=state,
+            result=result,
+            error=error,
+            finished_at=utcnow(),
+            claim_token=None,
+        )
+        == 1
+    )
+
+
+async def schedule_retry(
+    sessions: Sessions, *, task_id: str, token: str, eta: datetime, error: dict[str, Any]
+) -> bool:
+    """Hand the row back as RETRY; ``dispatched_at`` is when the retry is due."""
+    return (
+        await _update(
+            sessions,
+            _held(task_id, token),
+            state=State.RETRY,
+            error=error,
+            dispatched_at=eta,
+            claim_token=None,
+        )
+        == 1
+    )
+
+
+async def fail_unclaimed(sessions: Sessions, *, task_id: str, error: dict[str, Any]) -> bool:
+    """End a task that cannot run any more (attempts exhausted, executor full)."""
+    return (
+        await _update(
+            sessions,
+            TaskRun.id == task_id,
+            TaskRun.state.not_in(FINAL_STATES),
+            state=State.FAILURE,
+            error=error,
+            finished_at=utcnow(),
+            claim_token=None,
+        )
+        == 1
+    )
+
+
+async def request_cancel(sessions: Sessions, task_id: str) -> bool:
+    """Mark the row REVOKED at once (contract: DELETE answers with state REVOKED).
+
+    ``cancel_requested`` fences any later claim, so a queued message or a redelivery after
+    a restart never runs it; a running body sees it at its next checkpoint.
+    """
+    return (
+        await _update(
+            sessions,
+            TaskRun.id == task_id,
+            TaskRun.state.not_in(FINAL_STATES),
+            state=State.REVOKED,
+            cancel_requested=True,
+            finished_at=utcnow(),
+            error={"type": "TaskRevoked", "message": "cancelled by request"},
+        )
+        == 1
+    )
+
+
+async def mark_dispatched(sessions: Sessions, *, task_id: str, executor: str) -> bool:
+    """Record that a message (or a local slot) now carries the task."""
+    return (
+        await _update(
+            sessions,
+            TaskRun.id == task_id,
+            TaskRun.state.not_in(FINAL_STATES),
+            executor=executor,
+            dispatched_at=utcnow(),
+        )
+        == 1
+    )
+
+
+async def take_orphan(sessions: Sessions, orphan: Orphan) -> bool:
+    """Reset an orphan to PENDING for a new dispatch, only if it is still as it was read.
+
+    Two sweepers that read the same row cannot both win; clearing the claim token fences
+    off a runner that was merely slow, not dead (its later writes match nothing).
+    """
+    heartbeat = (
+        TaskRun.heartbeat_at.is_(None)
+        if orphan.heartbeat_at is None
+        else TaskRun.heartbeat_at == orphan.heartbeat_at
+    )
+    return (
+        await _update(
+            sessions,
+            TaskRun.id == orphan.id,
+            TaskRun.state == orphan.state,
+            TaskRun.dispatched_at == orphan.dispatched_at,
+            TaskRun.cancel_requested.is_(False),
+            heartbeat,
+            state=State.PENDING,
+            claim_token=None,
+            heartbeat_at=None,
+            dispatched_at=utcnow(),
+            recoveries=TaskRun.recoveries + 1,
+        )
+        == 1
+    )
+
+
+@dataclass(frozen=True)
+class Orphan:
+    id: str
+    name: str
+    queue: str
+    args: dict[str, Any]
+    priority: int
+    state: str
+    executor: str
+    attempts: int
+    dispatched_at: datetime
+    heartbeat_at: datetime | None
+
+
+async def find_orphans(
+    sessions: Sessions,
+    *,
+    lease: timedelta,
+    pending_after: timedelta | None,
+    limit: int = 500,
+) -> list[Orphan]:
+    """Rows nobody is carrying: a running row whose lease expired, a local row whose holder
+    stopped heartbeating, and (when ``pending_after`` is given) a celery row still waiting
+    long after its message was sent."""
+    now = utcnow()
+    silent = or_(TaskRun.heartbeat_at.is_(None), TaskRun.heartbeat_at < now - lease)
+    conditions = [
+        and_(TaskRun.state.in_(RUNNING_STATES), silent),
+        and_(
+            TaskRun.state.in_(WAITING_STATES),
+            TaskRun.executor == Executor.LOCAL,
+            TaskRun.dispatched_at < now - lease,
+            silent,
+        ),
+    ]
+    if pending_after is not None:
+        conditions.append(
+            and_(
+                TaskRun.state.in_(WAITING_STATES),
+                TaskRun.executor == Executor.CELERY,
+                TaskRun.dispatched_at < now - pending_after,
+            )
+        )
+    query = (
+        select(TaskRun)
+        .where(TaskRun.cancel_requested.is_(False), or_(*conditions))
+        .order_by(TaskRun.dispatched_at)
+        .limit(limit)
+    )
+    async with sessions() as session:
+        rows = (await session.execute(query)).scalars().all()
+    return [
+        Orphan(
+            r.id,
+            r.name,
+            r.queue,
+            r.args,
+            r.priority,
+            r.state,
+            r.executor,
+            r.attempts,
+            r.dispatched_at,
+            r.heartbeat_at,
+        )
+        for r in rows
+    ]
+
+
+async def heartbeat_waiting(sessions: Sessions, task_ids: list[str]) -> None:
+    """The local executor proves it still holds the tasks queued in its memory."""
+    if task_ids:
+        await _update(
+            sessions,
+            TaskRun.id.in_(task_ids),
+            TaskRun.state.in_(WAITING_STATES),
+            heartbeat_at=utcnow(),
+        )
+
+
+async def recent(
+    sessions: Sessions, *, state: str | None, name: str | None, limit: int
+) -> list[TaskRun]:
+    query = select(TaskRun).order_by(TaskRun.submitted_at.desc()).limit(limit)
+    if state:
+        query = query.where(TaskRun.state == state)
+    if name:
+        query = query.where(TaskRun.name == name)
+    async with sessions() as session:
+        return list((await session.execute(query)).scalars().all())

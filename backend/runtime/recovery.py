@@ -1,0 +1,73 @@
+"""The recovery sweep: find accepted tasks nobody carries any more and dispatch them again.
+
+Runs when a worker starts, when the API starts, on the API's own timer, and from the
+scheduled sweep. Safe to run anywhere and concurrently: each re-dispatch is a conditional
+update on the row as it was read, so two sweepers never both win one task, and the claim
+makes a stray duplicate message harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from backend.config import Settings
+from backend.runtime import ledger
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[ledger.Orphan], Awaitable[str | None]]
+
+
+@dataclass
+class RecoveryReport:
+    redispatched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    broker_lost_data: bool = False
+
+
+async def recover(
+    *,
+    sessions: ledger.Sessions,
+    settings: Settings,
+    dispatch: Dispatch,
+    broker_lost_data: bool = False,
+) -> RecoveryReport:
+    """``dispatch`` sends one orphan again and returns the executor used (None: could not).
+
+    ``broker_lost_data`` (Redis came back empty) makes every waiting Celery task an orphan
+    at once; otherwise one counts only after ``pending_redispatch_seconds``.
+    """
+    report = RecoveryReport(broker_lost_data=broker_lost_data)
+    lease = timedelta(seconds=settings.lease_seconds)
+    pending_after = timedelta(
+        seconds=0 if broker_lost_data else settings.pending_redispatch_seconds
+    )
+    for orphan in await ledger.find_orphans(sessions, lease=lease, pending_after=pending_after):
+        if orphan.attempts >= settings.max_attempts:
+            if await ledger.fail_unclaimed(
+                sessions,
+                task_id=orphan.id,
+                error={
+                    "type": "WorkerLost",
+                    "message": f"the task's runner was lost {orphan.attempts} times; giving up",
+                },
+            ):
+                report.failed.append(orphan.id)
+            continue
+        # Take the row first (conditional on what we read), then send: a rival sweeper
+        # that read the same row loses the update and sends nothing.
+        if not await ledger.take_orphan(sessions, orphan):
+            continue
+        executor = await dispatch(orphan)
+        if executor is not None:
+            report.redispatched.append(orphan.id)
+    if report.redispatched or report.failed:
+        log.warning(
+            "recovery: re-dispatched %d task(s), gave up on %d",
+            len(report.redispatched),
+            len(report.failed),
+        )
+    return report

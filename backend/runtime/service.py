@@ -1,0 +1,258 @@
+"""The runtime: the only door between HTTP and tasks (submit, status, cancel, wait, recover).
+
+The API process makes one ``Runtime`` in its lifespan; a worker makes one without the
+local executor to run the recovery sweep. See docs/runtime.md for the ledger's states and
+the Redis keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+
+from backend.config import Settings
+from backend.constants import FINAL_STATES, Executor
+from backend.db.engine import get_session_factory
+from backend.db.models import TaskRun
+from backend.runtime import ledger
+from backend.runtime.broker import Broker
+from backend.runtime.local import ExecutorFull, LocalExecutor
+from backend.runtime.recovery import RecoveryReport, recover
+from backend.runtime.registry import get_spec
+
+log = logging.getLogger(__name__)
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskAlreadyFinished(Exception):
+    def __init__(self, run: TaskRun) -> None:
+        super().__init__(f"task {run.id} already ended {run.state}")
+        self.run = run
+
+
+class NoWorkerAnswered(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Submission:
+    run: TaskRun
+    created: bool
+
+
+@dataclass(frozen=True)
+class Health:
+    broker_up: bool
+    database_up: bool
+    workers: int
+
+    @property
+    def executor(self) -> str:
+        return Executor.CELERY if self.broker_up else Executor.LOCAL
+
+
+class Runtime:
+    def __init__(self, settings: Settings, celery: Celery, *, local_fallback: bool = True) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.sessions = get_session_factory(settings)
+        self.broker = Broker(settings, celery)
+        self.local = LocalExecutor(settings, self.sessions) if local_fallback else None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, *, sweep: bool = True) -> None:
+        await self.broker.probe()
+        if self.local is not None:
+            self.local.start()
+        if sweep:
+            self._spawn(self._sweep_forever())
+
+    async def stop(self) -> None:
+        for t in list(self._background):
+            t.cancel()
+        for t in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.local is not None:
+            await self.local.stop()
+        await self.broker.close()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.recover()
+            except Exception:
+                log.warning("recovery sweep failed", exc_info=True)
+            await asyncio.sleep(self.settings.recovery_interval_seconds)
+
+    # -- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: int = 5,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Record the task, then hand it to Celery, or to the local executor if Redis is down.
+
+        The ledger row comes first: once this returns, the task cannot be lost.
+        """
+        spec = get_spec(name)
+        args = args or {}
+        broker_up = self.broker.up
+        if not broker_up and (self.local is None or not self.local.has_capacity):
+            raise ExecutorFull("the broker is down and the local executor is full")
+        key = f"{name}:{idempotency_key}" if idempotency_key else None
+        run, created = await ledger.insert(
+            self.sessions,
+            task_id=str(uuid.uuid4()),
+            name=name,
+            queue=spec.queue,
+            args=args,
+            priority=priority,
+            executor=Executor.CELERY if broker_up else Executor.LOCAL,
+            idempotency_key=key,
+            idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+        )
+        if not created:
+            return Submission(run, created=False)
+        try:
+            executor = await self._dispatch(run.id, name, spec.queue, args, priority)
+        except ExecutorFull as exc:
+            await ledger.fail_unclaimed(
+                self.sessions, task_id=run.id, error={"type": "ExecutorFull", "message": str(exc)}
+            )
+            raise
+        if executor != run.executor:
+            await ledger.mark_dispatched(self.sessions, task_id=run.id, executor=executor)
+            run.executor = executor
+        return Submission(run, created=True)
+
+    async def _dispatch(
+        self, task_id: str, name: str, queue: str, args: dict[str, Any], priority: int
+    ) -> str:
+        if self.broker.up and await self.broker.publish(
+            name=name, task_id=task_id, kwargs=args, queue=queue, priority=priority
+        ):
+            return Executor.CELERY
+        if self.local is None:
+            raise ExecutorFull("the broker is down and this process has no local executor")
+        self.local.submit(task_id, name, args)
+        return Executor.LOCAL
+
+    # -- read ------------------------------------------------------------------------
+
+    async def status(self, task_id: str) -> TaskRun:
+        run = await ledger.get(self.sessions, task_id)
+        if run is None:
+            raise TaskNotFound(task_id)
+        return run
+
+    async def wait(self, task_id: str, timeout: float) -> TaskRun:
+        """The task as soon as it is final, or as it stands when ``timeout`` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        delay = 0.01
+        while True:
+            run = await self.status(task_id)
+            if run.state in FINAL_STATES or loop.time() >= deadline:
+                return run
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 1.5, 0.2)
+
+    async def recent(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[TaskRun]:
+        return await ledger.recent(self.sessions, state=state, name=name, limit=limit)
+
+    # -- cancel ----------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> TaskRun:
+        run = await self.status(task_id)
+        if run.state in FINAL_STATES:
+            raise TaskAlreadyFinished(run)
+        if not await ledger.request_cancel(self.sessions, task_id):
+            run = await self.status(task_id)  # it finished in the meantime
+            raise TaskAlreadyFinished(run)
+        if run.executor == Executor.CELERY and self.broker.up:
+            # Best effort, off the request path: the ledger flag is what makes cancel stick.
+            self._spawn(asyncio.to_thread(self.celery.control.revoke, task_id))
+        return await self.status(task_id)
+
+    # -- recovery --------------------------------------------------------------------
+
+    async def recover(self) -> RecoveryReport:
+        broker_up = await self.broker.probe()
+        lost = await self.broker.lost_its_data() if broker_up else False
+        return await recover(
+            sessions=self.sessions,
+            settings=self.settings,
+            dispatch=self._redispatch,
+            broker_lost_data=lost,
+        )
+
+    async def _redispatch(self, orphan: ledger.Orphan) -> str | None:
+        try:
+            executor = await self._dispatch(
+                orphan.id, orphan.name, orphan.queue, orphan.args, orphan.priority
+            )
+        except ExecutorFull:
+            return None
+        await ledger.mark_dispatched(self.sessions, task_id=orphan.id, executor=executor)
+        return executor
+
+    # -- health ----------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        broker_up = self.broker.up
+        workers = await self.broker.worker_count() if broker_up else 0
+        return Health(broker_up, await self._database_up(), workers)
+
+    async def _database_up(self) -> bool:
+        from sqlalchemy import text
+
+        try:
+            async with asyncio.timeout(2.0), self.sessions() as session:
+                await session.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def roundtrip(self, name: str, timeout: float) -> Any:
+        """Send an untracked task straight to a worker and wait for its answer."""
+        spec = get_spec(name)
+        if not self.broker.up:
+            raise NoWorkerAnswered("the broker is down")
+        task_id = str(uuid.uuid4())
+        if not await self.broker.publish(
+            name=name, task_id=task_id, kwargs={}, queue=spec.queue, priority=9
+        ):
+            raise NoWorkerAnswered("the broker refused the message")
+        result = self.celery.AsyncResult(task_id)
+        try:
+            return await asyncio.to_thread(result.get, timeout=timeout, propagate=True)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.celery.control.revoke, task_id)
+            raise NoWorkerAnswered(f"no worker answered within {timeout:g} s") from exc
+        finally:
+            result.forget()

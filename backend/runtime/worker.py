@@ -1,0 +1,162 @@
+"""The Celery side: per-process event loop and engine, task binding, and worker signals.
+
+Every worker process (a prefork child, or the main process with ``--pool solo``) runs task
+bodies on one long-lived event loop of its own, made lazily in that process; engines are
+keyed by pid (db/engine.py), so nothing made before a fork is ever used after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery, Task, signals
+from celery.exceptions import Ignore
+from celery.states import REVOKED
+
+from backend.config import Settings, get_settings
+from backend.constants import WORKERS_KEY, Executor
+from backend.db.engine import get_session_factory
+from backend.runtime.execution import execute
+from backend.runtime.registry import TaskSpec, all_specs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on this process's own long-lived loop."""
+    pid = os.getpid()
+    loop = _loops.get(pid)
+    if loop is None or loop.is_closed():
+        loop = _loops[pid] = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+
+
+class TaskFailed(Exception):
+    """Raised to Celery so Flower and the result backend show a FAILURE too."""
+
+
+def bind_tasks(app: Celery, settings: Settings) -> None:
+    """Turn every registered spec into a Celery task on its queue (the one registration)."""
+    for spec in all_specs():
+        app.task(
+            name=spec.name,
+            bind=True,
+            queue=spec.queue,
+            ignore_result=False,
+        )(_entry(spec, settings))
+
+
+def _entry(spec: TaskSpec, settings: Settings) -> Any:
+    def run(self: Task, **kwargs: Any) -> Any:
+        runner = f"{self.request.hostname}:{os.getpid()}"
+        outcome = run_in_worker_loop(
+            execute(
+                spec,
+                self.request.id,
+                kwargs,
+                executor=Executor.CELERY,
+                runner=runner,
+                sessions=get_session_factory(settings),
+                settings=settings,
+            )
+        )
+        if outcome.kind == "succeeded":
+            return outcome.result
+        if outcome.kind == "retry":
+            raise self.retry(countdown=outcome.countdown, max_retries=None)
+        if outcome.kind == "failed":
+            error = outcome.error or {}
+            raise TaskFailed(f"{error.get('type')}: {error.get('message')}")
+        if outcome.kind == "revoked":
+            self.update_state(state=REVOKED)
+        raise Ignore()  # skipped, revoked or lost: the ledger already says what happened
+
+    run.__name__ = spec.name.replace(".", "_")
+    return run
+
+
+# -- worker lifecycle ---------------------------------------------------------------------
+
+
+class _Presence:
+    """Keeps this worker's node name in a Redis sorted set that /health counts."""
+
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.node = node
+        self.client = redis.Redis.from_url(
+            settings.celery_broker_url, socket_timeout=1, socket_connect_timeout=1
+        )
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="syncq-presence", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                now = time.time()
+                pipe = self.client.pipeline()
+                pipe.zadd(WORKERS_KEY, {self.node: now})
+                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 60)
+                pipe.expire(WORKERS_KEY, 60)
+                pipe.execute()
+            except redis.RedisError:
+                pass
+            self.stopped.wait(5)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            self.client.zrem(WORKERS_KEY, self.node)
+
+
+_presence: _Presence | None = None
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    global _presence
+    settings = get_settings()
+    node = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
+    _presence = _Presence(settings, node)
+    _presence.thread.start()
+    _recover_at_start(sender.app if sender is not None else None, settings)
+
+
+def _recover_at_start(app: Celery | None, settings: Settings) -> None:
+    from backend.runtime.service import Runtime
+
+    if app is None:
+        return
+
+    async def sweep() -> None:
+        runtime = Runtime(settings, app, local_fallback=False)
+        try:
+            await runtime.start(sweep=False)
+            report = await runtime.recover()
+            log.info("startup recovery: %d re-dispatched", len(report.redispatched))
+        finally:
+            await runtime.stop()
+
+    try:
+        run_in_worker_loop(sweep())
+    except Exception:
+        log.warning("startup recovery failed", exc_info=True)
+
+
+def _on_worker_shutdown(**_: Any) -> None:
+    if _presence is not None:
+        _presence.stop()
+
+
+signals.worker_ready.connect(_on_worker_ready, weak=False)
+signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)

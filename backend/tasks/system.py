@@ -1,0 +1,32 @@
+"""System tasks: the worker round-trip, and diagnostics used by benchmarks and checks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from backend.constants import Queue, TaskName
+from backend.runtime.context import TaskContext
+from backend.runtime.registry import task
+
+
+@task(TaskName.HEALTH_CHECK, queue=Queue.DEFAULT, tracked=False)
+async def health_check(ctx: TaskContext) -> dict[str, Any]:
+    return {"ok": True, "worker": ctx.runner}
+
+
+@task(TaskName.NOOP, queue=Queue.DEFAULT, submittable=True)
+async def noop(ctx: TaskContext) -> None:
+    return None
+
+
+@task(TaskName.SLEEP, queue=Queue.DEFAULT, submittable=True)
+async def sleep(ctx: TaskContext, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
+    """Sleeps in ``steps`` checkpointed slices, reporting progress: a stand-in for any long,
+    cancellable unit of work when checking a deployment."""
+    steps = max(1, min(int(steps), 10_000))
+    for i in range(steps):
+        await ctx.checkpoint()
+        await asyncio.sleep(float(seconds) / steps)
+        await ctx.progress(i + 1, steps, f"slept {i + 1}/{steps}")
+    return {"slept": float(seconds), "steps": steps, "attempt": ctx.attempt}
