@@ -21,6 +21,7 @@ class TaskName(StrEnum):
     HEALTH_CHECK = "system.health_check"
     NOOP = "system.noop"
     SLEEP = "system.sleep"
+    FLAKY = "system.flaky"
 
 
 class State(StrEnum):

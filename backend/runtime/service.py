@@ -76,6 +76,7 @@ class Runtime:
         await self.broker.probe()
         if self.local is not None:
             self.local.start()
+        self._spawn(self._watch_broker())
         if sweep:
             self._spawn(self._sweep_forever())
 
@@ -93,6 +94,12 @@ class Runtime:
         t = asyncio.ensure_future(coro)
         self._background.add(t)
         t.add_done_callback(self._background.discard)
+
+    async def _watch_broker(self) -> None:
+        """Keep the cached broker health fresh so the request path only ever reads it."""
+        while True:
+            await asyncio.sleep(self.settings.broker_probe_ttl / 2)
+            await self.broker.probe()
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from backend.constants import Queue, TaskName
-from backend.runtime.context import TaskContext
+from backend.runtime.context import TaskContext, TransientError
 from backend.runtime.registry import task
 
 
@@ -30,3 +30,12 @@ async def sleep(ctx: TaskContext, seconds: float = 1.0, steps: int = 10) -> dict
         await asyncio.sleep(float(seconds) / steps)
         await ctx.progress(i + 1, steps, f"slept {i + 1}/{steps}")
     return {"slept": float(seconds), "steps": steps, "attempt": ctx.attempt}
+
+
+@task(TaskName.FLAKY, queue=Queue.DEFAULT, submittable=True)
+async def flaky(ctx: TaskContext, transient_failures: int = 1) -> dict[str, Any]:
+    """Fails with a transient error on its first ``transient_failures`` attempts: proves a
+    deployment's retry path (state RETRY, backoff, then SUCCESS) end to end."""
+    if ctx.attempt <= transient_failures:
+        raise TransientError(f"planned transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}

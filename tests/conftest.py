@@ -1,0 +1,148 @@
+"""Fixtures: a real redis-server on a free port, a real database (SQLite file, and
+PostgreSQL when one is reachable), the API as a uvicorn process, and Celery workers made
+on demand. The whole suite runs once per database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import TOKEN, Api, RedisServer, Worker, run_migrations, wait_for
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SYNCQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+# Short leases and sweeps so faults are recovered within seconds, not minutes.
+FAST_TIMINGS = {
+    "LEASE_SECONDS": "3",
+    "HEARTBEAT_SECONDS": "0.5",
+    "RECOVERY_INTERVAL_SECONDS": "1",
+    "PENDING_REDISPATCH_SECONDS": "30",
+    "BROKER_PROBE_TTL": "0.5",
+    "TASK_RETRY_BACKOFF_MAX": "1",
+}
+
+
+def _postgres(sql: str, database_url: str = POSTGRES_ADMIN_URL) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url, timeout=3)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def postgres_reachable() -> bool:
+    try:
+        _postgres("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("syncq")
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / f'syncq-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    if not postgres_reachable():
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
+    name = f"syncq_test_{uuid.uuid4().hex[:10]}"
+    _postgres(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, database_url: str, workdir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REDIS_", "CELERY_", "DATABASE_", "API_"))
+    }
+    env |= FAST_TIMINGS | {
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(workdir / "data"),
+        "API_TOKENS": f"{TOKEN},second-token",
+        "PYTHONUNBUFFERED": "1",
+    }
+    redis_server.client().flushall()
+    run_migrations(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def api(stack_env: dict[str, str], workdir: Path) -> Iterator[Api]:
+    server = Api(stack_env, workdir / "logs")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_up(redis_server: RedisServer) -> RedisServer:
+    """Every test starts with Redis running, whatever the previous test did to it."""
+    if not redis_server.alive:
+        redis_server.start()
+    return redis_server
+
+
+@pytest.fixture
+def client(api: Api, redis_up: RedisServer) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        wait_for(lambda: c.get("/health").json()["broker"] == "up", 10, what="broker up")
+        yield c
+
+
+StartWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def start_worker(
+    stack_env: dict[str, str], workdir: Path, redis_up: RedisServer
+) -> Iterator[StartWorker]:
+    """Start a real Celery worker (prefork) and wait until it is serving."""
+    started: list[Worker] = []
+
+    def start(concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
+        name = f"w{uuid.uuid4().hex[:6]}"
+        worker = Worker(name, stack_env | (env or {}), workdir / "logs", concurrency)
+        worker.start()
+        started.append(worker)
+        members = redis_up.client()
+        wait_for(
+            lambda: members.zscore("syncq:workers", worker.node) is not None,
+            30,
+            what=f"worker {worker.node}\n{worker.tail()}",
+        )
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
