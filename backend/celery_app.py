@@ -59,7 +59,6 @@ def create_celery_app(settings: Settings) -> Celery:
         redis_socket_connect_timeout=1.0,
         redis_socket_timeout=5.0,
         worker_send_task_events=True,
-        task_send_sent_event=True,
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
     )

@@ -6,6 +6,7 @@ children) and start another; nothing here fakes a part.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -83,10 +84,8 @@ class Process:
         """kill -9 the process and every child it started."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 10) -> None:
@@ -150,12 +149,15 @@ class Worker(Process):
 
 
 class Api(Process):
-    def __init__(self, env: dict[str, str], logs: Path, name: str = "api") -> None:
+    def __init__(
+        self, env: dict[str, str], logs: Path, name: str = "api", workers: int = 1
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         args = [
             sys.executable, "-m", "uvicorn", "backend.main:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+            "--workers", str(workers),
         ]  # fmt: skip
         super().__init__(args, env, logs / f"{name}.log")
 

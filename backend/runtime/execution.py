@@ -76,13 +76,11 @@ async def execute(
 
     token = str(uuid.uuid4())
     lease = timedelta(seconds=settings.lease_seconds)
-    claimed = await ledger.claim(
+    attempt = await ledger.claim(
         sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
-    if not claimed:
+    if attempt is None:
         return Outcome("skipped")
-    row = await ledger.get(sessions, task_id)
-    attempt = row.attempts if row is not None else 1
 
     async def write_progress(current: int, total: int | None, message: str | None) -> None:
         percent = round(100.0 * current / total, 2) if total else None

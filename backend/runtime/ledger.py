@@ -7,11 +7,12 @@ no transition waits on a read-then-write. Final states are never left.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,8 +28,67 @@ async def get(sessions: Sessions, task_id: str) -> TaskRun | None:
         return await session.get(TaskRun, task_id)
 
 
-async def insert(
+class Inserter:
+    """Group commit for new ledger rows: whatever arrives while one commit is in flight
+    goes into the next, as one multi-row INSERT in one transaction.
+
+    Under concurrent submissions this turns N lock acquisitions and N commits into a few,
+    which matters most on SQLite, where every commit takes the single writer lock.
+    """
+
+    def __init__(self, sessions: Sessions, max_batch: int = 500) -> None:
+        self.sessions = sessions
+        self.max_batch = max_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def add(self, values: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((values, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            try:
+                await self._write([values for values, _ in batch])
+            except IntegrityError:
+                # One row broke a constraint (an idempotency key raced): settle each alone.
+                for values, future in batch:
+                    try:
+                        await self._write([values])
+                    except Exception as exc:
+                        _settle(future, exc)
+                    else:
+                        _settle(future, None)
+            except Exception as exc:
+                for _, future in batch:
+                    _settle(future, exc)
+            else:
+                for _, future in batch:
+                    _settle(future, None)
+
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        async with self.sessions() as session:
+            await session.execute(insert(TaskRun), rows)
+            await session.commit()
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+async def insert_run(
     sessions: Sessions,
+    inserter: Inserter,
     *,
     task_id: str,
     name: str,
@@ -42,8 +102,8 @@ async def insert(
     """Record an accepted task. Returns (row, created); an idempotency key seen within the
     TTL returns the first row instead (created False)."""
     now = utcnow()
-    async with sessions() as session:
-        if idempotency_key is not None:
+    if idempotency_key is not None:
+        async with sessions() as session:
             existing = await _by_key(session, idempotency_key)
             if existing is not None and existing.submitted_at > now - idempotency_ttl:
                 return existing, False
@@ -51,34 +111,34 @@ async def insert(
                 await session.execute(
                     update(TaskRun).where(TaskRun.id == existing.id).values(idempotency_key=None)
                 )
-        row = TaskRun(
-            id=task_id,
-            name=name,
-            queue=queue,
-            state=State.PENDING,
-            priority=priority,
-            args=args,
-            executor=executor,
-            attempts=0,
-            recoveries=0,
-            cancel_requested=False,
-            idempotency_key=idempotency_key,
-            submitted_at=now,
-            dispatched_at=now,
-        )
-        session.add(row)
-        try:
-            await session.commit()
-        except IntegrityError:
-            # Another request with the same key won the race: answer with its task.
-            await session.rollback()
-            if idempotency_key is None:
-                raise
+                await session.commit()
+    values: dict[str, Any] = {
+        "id": task_id,
+        "name": name,
+        "queue": queue,
+        "state": State.PENDING.value,
+        "priority": priority,
+        "args": args,
+        "executor": executor,
+        "attempts": 0,
+        "recoveries": 0,
+        "cancel_requested": False,
+        "idempotency_key": idempotency_key,
+        "submitted_at": now,
+        "dispatched_at": now,
+    }
+    try:
+        await inserter.add(values)
+    except IntegrityError:
+        # Another request with the same key won the race: answer with its task.
+        if idempotency_key is None:
+            raise
+        async with sessions() as session:
             winner = await _by_key(session, idempotency_key)
-            if winner is None:
-                raise
-            return winner, False
-        return row, True
+        if winner is None:
+            raise
+        return winner, False
+    return TaskRun(**values), True
 
 
 async def _by_key(session: AsyncSession, key: str) -> TaskRun | None:
@@ -101,8 +161,9 @@ async def claim(
     runner: str,
     executor: str,
     lease: timedelta,
-) -> bool:
+) -> int | None:
     """Take the row for one run: a waiting row, or a running one whose holder went silent.
+    Returns the attempt number, or None when the row is not ours to run.
 
     The claim is what makes a duplicate delivery do nothing: only one claimant's UPDATE
     matches, and a live runner's heartbeat keeps its lease from matching at all.
@@ -112,12 +173,10 @@ async def claim(
         TaskRun.state.in_(WAITING_STATES),
         and_(TaskRun.state.in_(RUNNING_STATES), TaskRun.heartbeat_at < now - lease),
     )
-    return (
-        await _update(
-            sessions,
-            TaskRun.id == task_id,
-            TaskRun.cancel_requested.is_(False),
-            claimable,
+    statement = (
+        update(TaskRun)
+        .where(TaskRun.id == task_id, TaskRun.cancel_requested.is_(False), claimable)
+        .values(
             state=State.STARTED,
             claim_token=token,
             runner=runner,
@@ -126,8 +185,12 @@ async def claim(
             started_at=func.coalesce(TaskRun.started_at, now),
             heartbeat_at=now,
         )
-        == 1
+        .returning(TaskRun.attempts)
     )
+    async with sessions() as session:
+        attempt = (await session.execute(statement)).scalar_one_or_none()
+        await session.commit()
+    return attempt
 
 
 def _held(task_id: str, token: str) -> Any:

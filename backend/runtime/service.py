@@ -66,6 +66,7 @@ class Runtime:
         self.settings = settings
         self.celery = celery
         self.sessions = get_session_factory(settings)
+        self.inserter = ledger.Inserter(self.sessions)
         self.broker = Broker(settings, celery)
         self.local = LocalExecutor(settings, self.sessions) if local_fallback else None
         self._background: set[asyncio.Task[Any]] = set()
@@ -129,8 +130,9 @@ class Runtime:
         if not broker_up and (self.local is None or not self.local.has_capacity):
             raise ExecutorFull("the broker is down and the local executor is full")
         key = f"{name}:{idempotency_key}" if idempotency_key else None
-        run, created = await ledger.insert(
+        run, created = await ledger.insert_run(
             self.sessions,
+            self.inserter,
             task_id=str(uuid.uuid4()),
             name=name,
             queue=spec.queue,

@@ -1,0 +1,160 @@
+"""Submission latency and end-to-end throughput of the runtime, against raw Celery.
+
+Starts its own redis-server, Celery worker and API (uvicorn) on free ports, then prints:
+  * submissions/s and p50/p95/p99 submit latency at 1, 10 and 100 concurrent clients,
+    with Redis up and with Redis down (local executor);
+  * end-to-end no-op tasks/s (submit to SUCCESS) through the API, beside raw Celery
+    (``.delay()`` of a bare no-op straight to the broker, same worker), and their ratio.
+
+    .venv/bin/python -m benchmarks.bench_submit [--requests 400] [--tasks 500] [--db sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from benchmarks.loadgen import post_load
+from tests.support import TOKEN, Api, RedisServer, Worker, run_migrations, wait_for
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def submit_load(base_url: str, clients: int, total: int) -> tuple[float, list[float]]:
+    result = asyncio.run(
+        post_load(base_url, "/api/tasks", {"name": "system.noop"}, TOKEN, clients, total)
+    )
+    assert result.statuses == {202: total}, result.statuses
+    return result.rate, result.latencies_ms
+
+
+async def end_to_end(base_url: str, total: int) -> float:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+        sem = asyncio.Semaphore(10)
+        ids: list[str] = []
+
+        async def one() -> None:
+            async with sem:
+                r = await client.post("/api/tasks", json={"name": "system.noop"})
+                ids.append(r.json()["task_id"])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(total)))
+        pending = set(ids)
+        while pending:
+            await asyncio.sleep(0.05)
+            r = await client.get("/api/tasks", params={"state": "SUCCESS", "limit": 500})
+            pending -= {t["task_id"] for t in r.json()}
+            if pending and len(pending) < 50:
+                for task_id in list(pending):
+                    if (await client.get(f"/api/tasks/{task_id}")).json()["state"] == "SUCCESS":
+                        pending.discard(task_id)
+        return total / (time.perf_counter() - started)
+
+
+def raw_celery(redis_url: str, total: int) -> float:
+    os.environ["REDIS_URL"] = redis_url
+    from benchmarks.raw_tasks import raw_noop
+
+    started = time.perf_counter()
+    results = [raw_noop.delay() for _ in range(total)]
+    for result in results:
+        result.get(timeout=60)
+    return total / (time.perf_counter() - started)
+
+
+def row(label: str, rate: float, lat: list[float]) -> str:
+    return (
+        f"| {label:<24} | {rate:8.1f} | {percentile(lat, 50):7.1f} | "
+        f"{percentile(lat, 95):7.1f} | {percentile(lat, 99):7.1f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400, help="submissions per level")
+    parser.add_argument("--tasks", type=int, default=500, help="tasks for the end-to-end run")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="syncq-bench-"))
+    redis_server = RedisServer(work)
+    redis_server.start()
+    if args.db == "sqlite":
+        db = f"sqlite+aiosqlite:///{work / 'bench.db'}"
+    else:
+        from tests.conftest import POSTGRES_ADMIN_URL, _postgres
+
+        name = f"syncq_bench_{uuid.uuid4().hex[:8]}"
+        _postgres(f'CREATE DATABASE "{name}"')
+        db = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        db = f"{db}/{name}"
+    env = dict(os.environ) | {
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": db,
+        "DATA_DIR": str(work / "data"),
+        "API_TOKENS": TOKEN,
+        "BROKER_PROBE_TTL": "0.5",
+        "LOCAL_QUEUE_SIZE": "100000",
+    }
+    run_migrations(env)
+    api = Api(env, work / "logs", workers=args.api_workers)
+    worker = Worker("bench", env, work / "logs", concurrency=2)
+    worker.args += ["--include", "benchmarks.raw_tasks"]
+    try:
+        api.start()
+        worker.start()
+        wait_for(
+            lambda: redis_server.client().zscore("syncq:workers", worker.node) is not None,
+            30,
+            what="worker",
+        )
+        print(
+            f"# syncq submit benchmark — {platform.node()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, database {args.db}"
+        )
+        print("| run                      | submits/s | p50 ms | p95 ms | p99 ms |")
+        print("|---|---|---|---|---|")
+        # End to end first, on empty queues; the submit runs below leave a backlog.
+        ours = asyncio.run(end_to_end(api.base_url, args.tasks))
+        raw = raw_celery(redis_server.url, args.tasks)
+        for clients in (1, 10, 100):
+            rate, lat = submit_load(api.base_url, clients, args.requests)
+            print(row(f"Redis up, {clients} clients", rate, lat), flush=True)
+
+        redis_server.kill()
+        wait_for(
+            lambda: httpx.get(f"{api.base_url}/health").json()["broker"] == "down", 10, what="down"
+        )
+        for clients in (1, 10, 100):
+            rate, lat = submit_load(api.base_url, clients, args.requests)
+            print(row(f"Redis down, {clients} clients", rate, lat), flush=True)
+
+        print()
+        print(f"end-to-end no-op, {args.tasks} tasks, worker concurrency 2:")
+        print(f"  syncq (HTTP submit → ledger → Celery → SUCCESS): {ours:8.1f} tasks/s")
+        print(f"  raw Celery (.delay() → result):                  {raw:8.1f} tasks/s")
+        print(f"  ratio syncq / raw: {ours / raw:.2f}")
+    finally:
+        worker.stop()
+        api.stop()
+        redis_server.kill()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

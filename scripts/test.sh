@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up (a virtualenv in .venv with the dev extras) and run the checks and the tests:
+# ruff, mypy on backend/, then pytest against a real Redis, real workers, SQLite and
+# PostgreSQL (when one answers at 127.0.0.1:5432; SYNCQ_TEST_POSTGRES_URL points elsewhere).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import backend, pytest, mypy" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed-dev ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  touch .venv/.installed-dev
+fi
+echo "== ruff"
+.venv/bin/ruff check backend tests scripts benchmarks
+.venv/bin/ruff format --check backend tests scripts benchmarks
+echo "== mypy"
+.venv/bin/mypy backend
+echo "== pytest"
+exec .venv/bin/pytest "$@"
