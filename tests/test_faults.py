@@ -129,21 +129,23 @@ def test_a_cancel_survives_the_worker_dying_and_restarting(
 def test_a_duplicate_delivery_does_nothing(
     client: httpx.Client, start_worker: StartWorker, redis_up: RedisServer
 ) -> None:
-    start_worker()
+    worker = start_worker()
     task = submit(client, "system.sleep", seconds=1, steps=5)
     wait_state(client, task["task_id"], "PROGRESS")
 
     # Deliver the same task id again, behind the runtime's back, while it runs and after.
     raw = Celery(broker=redis_up.url)
-    raw.send_task("system.sleep", kwargs={"seconds": 1, "steps": 5}, task_id=task["task_id"])
+    again = {"kwargs": {"seconds": 1, "steps": 5}, "task_id": task["task_id"], "queue": "default"}
+    raw.send_task("system.sleep", **again)
     done = wait_state(client, task["task_id"], "SUCCESS")
-    raw.send_task("system.sleep", kwargs={"seconds": 1, "steps": 5}, task_id=task["task_id"])
+    raw.send_task("system.sleep", **again)
+    wait_for(lambda: redis_up.client().llen("default") == 0, 10, what="duplicates consumed")
     marker = submit(client, "system.noop")
     wait_state(client, marker["task_id"], "SUCCESS")
-    time.sleep(1)
 
     assert status(client, task["task_id"]) == done
     assert done["attempts"] == 1
+    assert worker.tail(400).count(f"{task['task_id']}: not claimable") == 2
 
 
 def test_submissions_are_503_when_the_database_is_unreachable(

@@ -8,7 +8,7 @@ import httpx
 
 from tests.conftest import StartWorker
 from tests.helpers import status, submit, wait_final, wait_state
-from tests.support import Api
+from tests.support import Api, RedisServer
 
 
 def test_submitted_task_runs_on_a_worker_and_reports_its_result(
@@ -146,3 +146,19 @@ def test_a_higher_priority_task_queued_later_runs_first(
     started = {t["task_id"]: status(client, t["task_id"])["started_at"] for t in [*low, high]}
 
     assert started[high["task_id"]] < min(started[t["task_id"]] for t in low)
+
+
+def test_every_redis_key_syncq_or_celery_results_write_expires(
+    client: httpx.Client, start_worker: StartWorker, redis_up: RedisServer
+) -> None:
+    start_worker()
+    for t in [submit(client, "system.noop") for _ in range(3)]:
+        wait_state(client, t["task_id"], "SUCCESS")
+    client.get("/api/tasks/health-check")
+
+    r = redis_up.client()
+    kombu_owned = ("_kombu.", "unacked", "default", "database", "data_sync", "scheduled")
+    ours = [k.decode() for k in r.scan_iter() if not k.decode().startswith(kombu_owned)]
+
+    assert any(k.startswith("celery-task-meta-") for k in ours)
+    assert {k: r.ttl(k) for k in ours if r.ttl(k) <= 0} == {}

@@ -23,8 +23,9 @@ _engines: dict[tuple[int, str], AsyncEngine] = {}
 _factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, autocommit: bool = False) -> AsyncEngine:
     """Build an engine tuned for its backend; SQLite is shared by several processes."""
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_async_engine(
             url,
@@ -32,10 +33,11 @@ def make_engine(url: str) -> AsyncEngine:
             # A pool of file connections per process is cheap and avoids reopening the file.
             pool_size=5,
             max_overflow=10,
+            **options,
         )
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **options)
 
 
 def make_unpooled_engine(url: str) -> AsyncEngine:
@@ -69,6 +71,17 @@ def get_engine(settings: Settings | None = None) -> AsyncEngine:
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = make_engine(url)
+    return engine
+
+
+def get_autocommit_engine(url: str) -> AsyncEngine:
+    """This process's engine in autocommit mode, for single statements that are atomic by
+    themselves (the ledger's transitions): no BEGIN/COMMIT round trips, its own pool so no
+    connection switches isolation level on every checkout."""
+    key = (os.getpid(), "autocommit:" + url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url, autocommit=True)
     return engine
 
 

@@ -80,6 +80,11 @@ async def execute(
         sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
     if attempt is None:
+        log.info(
+            "task %s %s: not claimable (finished, cancelled or running elsewhere); skipped",
+            spec.name,
+            task_id,
+        )
         return Outcome("skipped")
 
     async def write_progress(current: int, total: int | None, message: str | None) -> None:
