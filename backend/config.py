@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     local_queue_size: int = 1000
     idempotency_ttl_seconds: int = 24 * 3600
 
+    # Conversations.
+    responder: str = "backend.responders:EchoResponder"
+    conversation_retention_days: float = 30.0
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -22,6 +22,11 @@ class TaskName(StrEnum):
     NOOP = "system.noop"
     SLEEP = "system.sleep"
     FLAKY = "system.flaky"
+    INIT_DATABASE = "system.init_database"
+    SAVE_CONVERSATION = "conversation.save_conversation"
+    GET_CONVERSATION_HISTORY = "conversation.get_conversation_history"
+    DELETE_CONVERSATION_HISTORY = "conversation.delete_conversation_history"
+    RUN_TURN = "conversation.run_turn"
 
 
 class State(StrEnum):

@@ -16,6 +16,7 @@ from backend.runtime import (
     ExecutorFull,
     NoWorkerAnswered,
     TaskAlreadyFinished,
+    TaskFailed,
     TaskNotFound,
     UnknownTask,
 )
@@ -46,6 +47,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExecutorFull)
     async def full(_: Request, exc: ExecutorFull) -> JSONResponse:
         return _error(429, str(exc), retry_after=True)
+
+    @app.exception_handler(TaskFailed)
+    async def task_failed(_: Request, exc: TaskFailed) -> JSONResponse:
+        # The work was accepted and ran, but could not complete (e.g. the database went
+        # away under it): the client may try again.
+        return _error(503, str(exc), retry_after=True)
 
     @app.exception_handler(NoWorkerAnswered)
     async def no_worker(_: Request, exc: NoWorkerAnswered) -> JSONResponse:

@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from backend.routers import health, tasks
+from backend.routers import conversations, health, tasks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(tasks.router)
 api_router.include_router(tasks.legacy_router)
+api_router.include_router(conversations.router)
+api_router.include_router(conversations.legacy_router)

@@ -11,6 +11,7 @@ from backend.runtime.service import (
     Runtime,
     Submission,
     TaskAlreadyFinished,
+    TaskFailed,
     TaskNotFound,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "Runtime",
     "Submission",
     "TaskAlreadyFinished",
+    "TaskFailed",
     "TaskNotFound",
     "UnknownTask",
     "get_spec",

@@ -44,6 +44,15 @@ class NoWorkerAnswered(Exception):
     pass
 
 
+class TaskFailed(Exception):
+    """A task the caller waited for ended FAILURE or REVOKED."""
+
+    def __init__(self, run: TaskRun) -> None:
+        error = run.error or {}
+        super().__init__(f"task {run.id} ended {run.state}: {error.get('message', '')}")
+        self.run = run
+
+
 @dataclass(frozen=True)
 class Submission:
     run: TaskRun

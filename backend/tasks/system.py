@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from backend.constants import Queue, TaskName
 from backend.runtime.context import TaskContext, TransientError
 from backend.runtime.registry import task
+
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 
 @task(TaskName.HEALTH_CHECK, queue=Queue.DEFAULT, tracked=False)
@@ -39,3 +42,16 @@ async def flaky(ctx: TaskContext, transient_failures: int = 1) -> dict[str, Any]
     if ctx.attempt <= transient_failures:
         raise TransientError(f"planned transient failure on attempt {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@task(TaskName.INIT_DATABASE, queue=Queue.DATABASE, submittable=True)
+async def init_database(ctx: TaskContext) -> dict[str, Any]:
+    """Run the Alembic migrations to head; running it twice changes nothing."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config(str(ALEMBIC_INI))
+    # env.py runs its own event loop; keep it off this one.
+    await asyncio.to_thread(command.upgrade, config, "head")
+    return {"revision": ScriptDirectory.from_config(config).get_current_head()}

@@ -1,6 +1,7 @@
 """Alembic environment: runs migrations through the same async engine setup the app uses."""
 
 import asyncio
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -8,6 +9,7 @@ from sqlalchemy.engine import Connection
 from backend.config import get_settings
 from backend.db.engine import make_unpooled_engine
 from backend.db.models import Base
+from backend.db.models.base import UTCDateTime
 
 target_metadata = Base.metadata
 
@@ -16,12 +18,20 @@ def _url() -> str:
     return context.config.attributes.get("database_url") or get_settings().database_url
 
 
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
+    """Render our column types as plain SQLAlchemy ones, so migrations never import models."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,1 @@
+"""The queries task bodies run, one module per domain, keyword-only and session-first."""

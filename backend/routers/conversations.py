@@ -1,0 +1,117 @@
+"""Conversations on the ``database`` queue, and the older clients' /run and /history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
+
+from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
+from backend.constants import State, TaskName
+from backend.routers.tasks import accepted
+from backend.runtime import Runtime, TaskFailed
+from backend.schemas.conversations import (
+    SESSION_ID_PATTERN,
+    Conversation,
+    MessageIn,
+    RunIn,
+    RunOut,
+    SessionIdPath,
+)
+from backend.schemas.tasks import TaskStatus, task_status
+
+router = APIRouter(prefix="/api/conversations", tags=["conversations"], dependencies=Authenticated)
+legacy_router = APIRouter(tags=["conversations"], dependencies=Authenticated)
+
+Wait = Annotated[float, Query(ge=0, le=30, description="seconds to wait for the read task")]
+RUN_WAIT_SECONDS = 30.0
+STILL_RUNNING: dict[int | str, dict[str, Any]] = {
+    202: {"model": TaskStatus, "description": "still running: poll the task"}
+}
+
+
+def _received_at() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def _finish_or_accept(runtime: Runtime, task_id: str, wait: float) -> Any:
+    """The task's result if it finishes within ``wait``; else 202 with the task to poll."""
+    run = await runtime.wait(task_id, wait)
+    if run.state == State.SUCCESS:
+        return run.result
+    if run.state in (State.FAILURE, State.REVOKED):
+        raise TaskFailed(run)
+    return JSONResponse(
+        task_status(run).model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={"Location": f"/api/tasks/{task_id}"},
+    )
+
+
+@router.post("/{session_id}/messages", response_model=TaskStatus, status_code=202)
+async def save_message(
+    session_id: SessionIdPath,
+    message: MessageIn,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskStatus:
+    submission = await runtime.submit(
+        TaskName.SAVE_CONVERSATION,
+        {
+            "session_id": session_id,
+            "role": message.role,
+            "content": message.content,
+            "received_at": _received_at(),
+        },
+        idempotency_key=idempotency_key,
+    )
+    accepted(response, submission.run.id)
+    return task_status(submission.run)
+
+
+async def _read(runtime: Runtime, session_id: str, wait: float) -> Any:
+    submission = await runtime.submit(TaskName.GET_CONVERSATION_HISTORY, {"session_id": session_id})
+    return await _finish_or_accept(runtime, submission.run.id, wait)
+
+
+@router.get("/{session_id}", response_model=Conversation, responses=STILL_RUNNING)
+async def read_conversation(session_id: SessionIdPath, runtime: RuntimeDep, wait: Wait = 5) -> Any:
+    return await _read(runtime, session_id, wait)
+
+
+@router.delete("/{session_id}", response_model=TaskStatus, status_code=202)
+async def delete_conversation(
+    session_id: SessionIdPath, runtime: RuntimeDep, response: Response
+) -> TaskStatus:
+    submission = await runtime.submit(
+        TaskName.DELETE_CONVERSATION_HISTORY, {"session_id": session_id}
+    )
+    accepted(response, submission.run.id)
+    return task_status(submission.run)
+
+
+@legacy_router.get("/history", response_model=Conversation, responses=STILL_RUNNING)
+async def history(
+    runtime: RuntimeDep,
+    session_id: Annotated[str, Query(pattern=SESSION_ID_PATTERN)],
+    wait: Wait = 5,
+) -> Any:
+    return await _read(runtime, session_id, wait)
+
+
+@legacy_router.post("/run", response_model=RunOut, responses=STILL_RUNNING)
+async def run(body: RunIn, runtime: RuntimeDep) -> Any:
+    """Store the user turn, get the responder's reply, store it, return it (one task)."""
+    session_id = body.session_id or uuid.uuid4().hex
+    submission = await runtime.submit(
+        TaskName.RUN_TURN,
+        {"session_id": session_id, "user_input": body.user_input, "received_at": _received_at()},
+    )
+    outcome = await _finish_or_accept(runtime, submission.run.id, RUN_WAIT_SECONDS)
+    if isinstance(outcome, JSONResponse):
+        return outcome
+    return RunOut(session_id=session_id, reply=outcome["reply"], task_id=submission.run.id)
