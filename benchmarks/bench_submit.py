@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 
 from benchmarks.loadgen import post_load
-from tests.support import TOKEN, Api, RedisServer, Worker, run_migrations, wait_for
+from benchmarks.stack import bench_stack, describe
+from tests.support import TOKEN, wait_for
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,42 +93,9 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="syncq-bench-"))
-    redis_server = RedisServer(work)
-    redis_server.start()
-    if args.db == "sqlite":
-        db = f"sqlite+aiosqlite:///{work / 'bench.db'}"
-    else:
-        from tests.conftest import POSTGRES_ADMIN_URL, _postgres
-
-        name = f"syncq_bench_{uuid.uuid4().hex[:8]}"
-        _postgres(f'CREATE DATABASE "{name}"')
-        db = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        db = f"{db}/{name}"
-    env = dict(os.environ) | {
-        "REDIS_URL": redis_server.url,
-        "DATABASE_URL": db,
-        "DATA_DIR": str(work / "data"),
-        "API_TOKENS": TOKEN,
-        "BROKER_PROBE_TTL": "0.5",
-        "LOCAL_QUEUE_SIZE": "100000",
-    }
-    run_migrations(env)
-    api = Api(env, work / "logs", workers=args.api_workers)
-    worker = Worker("bench", env, work / "logs", concurrency=2)
-    worker.args += ["--include", "benchmarks.raw_tasks"]
-    try:
-        api.start()
-        worker.start()
-        wait_for(
-            lambda: redis_server.client().zscore("syncq:workers", worker.node) is not None,
-            30,
-            what="worker",
-        )
-        print(
-            f"# syncq submit benchmark — {platform.node()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, database {args.db}"
-        )
+    with bench_stack(args.db, api_workers=args.api_workers, include="benchmarks.raw_tasks") as st:
+        api, redis_server = st.api, st.redis
+        print(describe(st, "syncq submit benchmark", args.api_workers))
         print("| run                      | submits/s | p50 ms | p95 ms | p99 ms |")
         print("|---|---|---|---|---|")
         # End to end first, on empty queues; the submit runs below leave a backlog.
@@ -154,10 +118,6 @@ def main() -> None:
         print(f"  syncq (HTTP submit → ledger → Celery → SUCCESS): {ours:8.1f} tasks/s")
         print(f"  raw Celery (.delay() → result):                  {raw:8.1f} tasks/s")
         print(f"  ratio syncq / raw: {ours / raw:.2f}")
-    finally:
-        worker.stop()
-        api.stop()
-        redis_server.kill()
     sys.stdout.flush()
 
 
