@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     responder: str = "backend.responders:EchoResponder"
     conversation_retention_days: float = 30.0
 
+    # Data sync.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    sync_batch_size: int = 2000
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

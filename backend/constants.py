@@ -27,6 +27,13 @@ class TaskName(StrEnum):
     GET_CONVERSATION_HISTORY = "conversation.get_conversation_history"
     DELETE_CONVERSATION_HISTORY = "conversation.delete_conversation_history"
     RUN_TURN = "conversation.run_turn"
+    REGISTER_FILE = "data_sync.register_file"
+    SCAN_INBOX = "data_sync.scan_inbox"
+    SYNC_FILE = "data_sync.sync_file"
+    FIND_FILES = "data_sync.find_files"
+    LIST_FILES = "data_sync.list_files"
+    DATASET_SUMMARY = "data_sync.dataset_summary"
+    LIST_RECORDS = "data_sync.list_records"
 
 
 class State(StrEnum):

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from backend.routers import conversations, health, tasks
+from backend.routers import conversations, data_sync, health, tasks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,3 +10,4 @@ api_router.include_router(tasks.router)
 api_router.include_router(tasks.legacy_router)
 api_router.include_router(conversations.router)
 api_router.include_router(conversations.legacy_router)
+api_router.include_router(data_sync.router)

@@ -6,13 +6,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
-from backend.constants import State, TaskName
-from backend.routers.tasks import accepted
-from backend.runtime import Runtime, TaskFailed
+from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
+from backend.constants import TaskName
+from backend.runtime import Runtime
 from backend.schemas.conversations import (
     SESSION_ID_PATTERN,
     Conversation,
@@ -28,27 +28,10 @@ legacy_router = APIRouter(tags=["conversations"], dependencies=Authenticated)
 
 Wait = Annotated[float, Query(ge=0, le=30, description="seconds to wait for the read task")]
 RUN_WAIT_SECONDS = 30.0
-STILL_RUNNING: dict[int | str, dict[str, Any]] = {
-    202: {"model": TaskStatus, "description": "still running: poll the task"}
-}
 
 
 def _received_at() -> str:
     return datetime.now(UTC).isoformat()
-
-
-async def _finish_or_accept(runtime: Runtime, task_id: str, wait: float) -> Any:
-    """The task's result if it finishes within ``wait``; else 202 with the task to poll."""
-    run = await runtime.wait(task_id, wait)
-    if run.state == State.SUCCESS:
-        return run.result
-    if run.state in (State.FAILURE, State.REVOKED):
-        raise TaskFailed(run)
-    return JSONResponse(
-        task_status(run).model_dump(mode="json"),
-        status_code=status.HTTP_202_ACCEPTED,
-        headers={"Location": f"/api/tasks/{task_id}"},
-    )
 
 
 @router.post("/{session_id}/messages", response_model=TaskStatus, status_code=202)
@@ -75,7 +58,7 @@ async def save_message(
 
 async def _read(runtime: Runtime, session_id: str, wait: float) -> Any:
     submission = await runtime.submit(TaskName.GET_CONVERSATION_HISTORY, {"session_id": session_id})
-    return await _finish_or_accept(runtime, submission.run.id, wait)
+    return await result_or_accepted(runtime, submission.run.id, wait)
 
 
 @router.get("/{session_id}", response_model=Conversation, responses=STILL_RUNNING)
@@ -111,7 +94,7 @@ async def run(body: RunIn, runtime: RuntimeDep) -> Any:
         TaskName.RUN_TURN,
         {"session_id": session_id, "user_input": body.user_input, "received_at": _received_at()},
     )
-    outcome = await _finish_or_accept(runtime, submission.run.id, RUN_WAIT_SECONDS)
+    outcome = await result_or_accepted(runtime, submission.run.id, RUN_WAIT_SECONDS)
     if isinstance(outcome, JSONResponse):
         return outcome
     return RunOut(session_id=session_id, reply=outcome["reply"], task_id=submission.run.id)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
+from backend.api.responses import accepted
 from backend.constants import State, TaskName
 from backend.runtime import get_spec
 from backend.schemas.tasks import HealthCheck, TaskStatus, TaskSubmit, task_status
@@ -18,12 +19,6 @@ legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated)
 TaskId = Annotated[str, Query(max_length=64)]
 
 HEALTH_CHECK_TIMEOUT = 5.0
-
-
-def accepted(response: Response, task_id: str) -> None:
-    """Every submission answers 202 with the task's Location."""
-    response.status_code = status.HTTP_202_ACCEPTED
-    response.headers["Location"] = f"/api/tasks/{task_id}"
 
 
 @router.get("/health-check", response_model=HealthCheck)

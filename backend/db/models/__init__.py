@@ -2,6 +2,16 @@
 
 from backend.db.models.base import Base
 from backend.db.models.conversation import ConversationMessage
+from backend.db.models.data_sync import Dataset, Record, SyncCheckpoint, SyncError, SyncFile
 from backend.db.models.task_run import TaskRun
 
-__all__ = ["Base", "ConversationMessage", "TaskRun"]
+__all__ = [
+    "Base",
+    "ConversationMessage",
+    "Dataset",
+    "Record",
+    "SyncCheckpoint",
+    "SyncError",
+    "SyncFile",
+    "TaskRun",
+]

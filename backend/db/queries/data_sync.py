@@ -1,0 +1,269 @@
+"""Data-sync queries: datasets, files, the batched upsert of records, rejected rows and
+checkpoints. Keyword-only, session-first; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.db.models import Dataset, Record, SyncCheckpoint, SyncError, SyncFile
+from backend.db.models.base import utcnow
+
+IN_CHUNK = 900  # keys per IN (...) list, well under SQLite's variable limit
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in ("read", "inserted", "updated", "unchanged", "rejected"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PreparedRow:
+    key: str
+    data: dict[str, Any]
+    row_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        encoded = json.dumps(self.data, sort_keys=True, ensure_ascii=False, default=str)
+        self.row_hash = hashlib.md5(encoded.encode(), usedforsecurity=False).hexdigest()
+
+
+def record_key(values: list[Any]) -> str:
+    return json.dumps([str(v).strip() for v in values], ensure_ascii=False)
+
+
+def _insert(session: AsyncSession) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+# -- datasets and files -------------------------------------------------------------------
+
+
+async def get_dataset(session: AsyncSession, *, name: str) -> Dataset | None:
+    return await session.get(Dataset, name)
+
+
+async def ensure_dataset(session: AsyncSession, *, name: str, key_columns: list[str]) -> Dataset:
+    """Create the dataset on first use; racing creators both end with the same row."""
+    await session.execute(
+        _insert(session)(Dataset)
+        .values(name=name, key_columns=key_columns, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    dataset = await session.get(Dataset, name, populate_existing=True)
+    assert dataset is not None
+    return dataset
+
+
+async def file_by_checksum(session: AsyncSession, *, checksum: str) -> SyncFile | None:
+    return await session.scalar(select(SyncFile).where(SyncFile.checksum == checksum))
+
+
+async def add_file(session: AsyncSession, **values: Any) -> SyncFile:
+    row = SyncFile(
+        rows_read=0, rows_inserted=0, rows_updated=0, rows_unchanged=0, rows_rejected=0, **values
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def get_file(session: AsyncSession, *, file_id: int) -> SyncFile | None:
+    return await session.get(SyncFile, file_id)
+
+
+async def existing_file_ids(session: AsyncSession, *, file_ids: list[int]) -> set[int]:
+    rows = await session.scalars(select(SyncFile.id).where(SyncFile.id.in_(file_ids)))
+    return set(rows.all())
+
+
+async def list_files(session: AsyncSession, *, dataset: str | None = None) -> list[SyncFile]:
+    query = select(SyncFile).order_by(SyncFile.id)
+    if dataset is not None:
+        query = query.where(SyncFile.dataset == dataset)
+    return list((await session.scalars(query)).all())
+
+
+async def set_file_state(
+    session: AsyncSession,
+    *,
+    file_id: int,
+    state: str,
+    task_id: str,
+    counts: Counts | None = None,
+) -> None:
+    values: dict[str, Any] = {"last_sync_state": state, "last_sync_task_id": task_id}
+    if counts is not None:
+        values |= {
+            "last_synced_at": utcnow(),
+            "rows_read": counts.read,
+            "rows_inserted": counts.inserted,
+            "rows_updated": counts.updated,
+            "rows_unchanged": counts.unchanged,
+            "rows_rejected": counts.rejected,
+        }
+    await session.execute(update(SyncFile).where(SyncFile.id == file_id).values(**values))
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+async def upsert_records(
+    session: AsyncSession,
+    *,
+    dataset: str,
+    file_id: int,
+    rows: list[PreparedRow],
+    now: datetime,
+) -> Counts:
+    """Upsert one batch keyed by (dataset, key); rows whose content did not change are not
+    written at all. A key repeated inside the batch: the last row wins."""
+    counts = Counts()
+    latest: dict[str, PreparedRow] = {}
+    known: dict[str, str] = {}
+    keys = list({r.key for r in rows})
+    for i in range(0, len(keys), IN_CHUNK):
+        found = await session.execute(
+            select(Record.key, Record.row_hash).where(
+                Record.dataset == dataset, Record.key.in_(keys[i : i + IN_CHUNK])
+            )
+        )
+        known.update({k: h for k, h in found.tuples()})
+    for row in rows:
+        previous = known.get(row.key)
+        if previous is None:
+            counts.inserted += 1
+        elif previous != row.row_hash:
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+            continue
+        known[row.key] = row.row_hash
+        latest[row.key] = row
+    changed = [
+        {
+            "dataset": dataset,
+            "key": r.key,
+            "data": r.data,
+            "row_hash": r.row_hash,
+            "source_file_id": file_id,
+            "updated_at": now,
+        }
+        for r in latest.values()
+    ]
+    if changed:
+        statement = _insert(session)(Record)
+        statement = statement.on_conflict_do_update(
+            index_elements=[Record.dataset, Record.key],
+            set_={
+                "data": statement.excluded.data,
+                "row_hash": statement.excluded.row_hash,
+                "source_file_id": statement.excluded.source_file_id,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+        await session.execute(statement, changed)
+    return counts
+
+
+async def record_count(session: AsyncSession, *, dataset: str) -> int:
+    return int(await session.scalar(select(func.count()).where(Record.dataset == dataset)) or 0)
+
+
+async def records_page(
+    session: AsyncSession, *, dataset: str, limit: int, offset: int
+) -> list[Record]:
+    query = (
+        select(Record)
+        .where(Record.dataset == dataset)
+        .order_by(Record.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list((await session.scalars(query)).all())
+
+
+# -- rejected rows and checkpoints --------------------------------------------------------
+
+
+async def add_errors(
+    session: AsyncSession, *, file_id: int, task_id: str, errors: list[tuple[int, str]]
+) -> None:
+    if errors:
+        now = utcnow()
+        await session.execute(
+            insert(SyncError),
+            [
+                {
+                    "file_id": file_id,
+                    "task_id": task_id,
+                    "row_number": n,
+                    "reason": reason[:1000],
+                    "created_at": now,
+                }
+                for n, reason in errors
+            ],
+        )
+
+
+async def clear_errors(session: AsyncSession, *, file_id: int) -> None:
+    await session.execute(delete(SyncError).where(SyncError.file_id == file_id))
+
+
+async def errors_for(session: AsyncSession, *, file_id: int, limit: int) -> list[SyncError]:
+    query = (
+        select(SyncError)
+        .where(SyncError.file_id == file_id)
+        .order_by(SyncError.row_number)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def get_checkpoint(session: AsyncSession, *, task_id: str) -> SyncCheckpoint | None:
+    return await session.get(SyncCheckpoint, task_id, populate_existing=True)
+
+
+async def save_checkpoint(
+    session: AsyncSession, *, task_id: str, file_id: int, rows_done: int, counts: Counts
+) -> None:
+    statement = _insert(session)(SyncCheckpoint).values(
+        task_id=task_id,
+        file_id=file_id,
+        rows_done=rows_done,
+        counts=counts.as_dict(),
+        updated_at=utcnow(),
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SyncCheckpoint.task_id],
+            set_={
+                "rows_done": statement.excluded.rows_done,
+                "counts": statement.excluded.counts,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+    )
+
+
+async def drop_checkpoint(session: AsyncSession, *, task_id: str) -> None:
+    await session.execute(delete(SyncCheckpoint).where(SyncCheckpoint.task_id == task_id))

@@ -1,0 +1,191 @@
+"""Data sync: register files, sync them into datasets (queue ``data_sync``), read back.
+
+The upload is streamed to disk here (files/storage.py, no database); registering it, and
+every read, is a task like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi.responses import JSONResponse
+
+from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep, SettingsDep
+from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
+from backend.constants import State, TaskName
+from backend.files import storage
+from backend.routers import tasks
+from backend.runtime import Runtime, TaskFailed
+from backend.schemas.data_sync import (
+    COLUMN_PATTERN,
+    DATASET_PATTERN,
+    BatchAccepted,
+    DatasetOut,
+    DatasetPath,
+    FileOut,
+    FileRegistered,
+    RecordsPage,
+    SyncAccepted,
+    SyncBatch,
+    SyncSingle,
+)
+from backend.schemas.tasks import TaskStatus
+
+router = APIRouter(prefix="/api/data-sync", tags=["data-sync"], dependencies=Authenticated)
+
+REGISTER_WAIT_SECONDS = 5.0
+READ_WAIT_SECONDS = 10.0
+LOOKUP_WAIT_SECONDS = 5.0
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def _key_columns(raw: str) -> list[str]:
+    columns = [c.strip() for c in raw.split(",") if c.strip()]
+    if len(columns) > 20 or any(not re.match(COLUMN_PATTERN, c) for c in columns):
+        raise HTTPException(
+            422,
+            [{"loc": ["body", "key_columns"], "msg": "comma-separated column names (≤ 20)",
+              "type": "value_error"}],
+        )  # fmt: skip
+    return columns
+
+
+@router.post(
+    "/files",
+    response_model=FileRegistered,
+    status_code=status.HTTP_201_CREATED,
+    responses=STILL_RUNNING,
+)
+async def register_file(
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    file: UploadFile,
+    dataset: Annotated[str, Form(pattern=DATASET_PATTERN)],
+    key_columns: Annotated[str, Form(max_length=4000)] = "",
+) -> Any:
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes + MULTIPART_OVERHEAD:
+        raise HTTPException(413, f"the file is larger than {settings.max_upload_bytes} bytes")
+    columns = _key_columns(key_columns)
+    try:
+        stored = await storage.save_stream(
+            file,
+            data_dir=settings.data_dir,
+            original_name=file.filename,
+            max_bytes=settings.max_upload_bytes,
+        )
+    except storage.TooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    submission = await runtime.submit(
+        TaskName.REGISTER_FILE,
+        {
+            "stored_path": str(stored.path),
+            "original_name": stored.original_name,
+            "size": stored.size,
+            "checksum": stored.checksum,
+            "dataset": dataset,
+            "key_columns": columns,
+        },
+    )
+    task_id = submission.run.id
+    try:
+        outcome = await result_or_accepted(runtime, task_id, REGISTER_WAIT_SECONDS)
+    except TaskFailed as exc:
+        error = exc.run.error or {}
+        if error.get("type") == "BadFile":
+            raise HTTPException(422, error.get("message")) from None
+        raise
+    if isinstance(outcome, JSONResponse):
+        return JSONResponse(
+            {"task_id": task_id}, status_code=202, headers={"Location": f"/api/tasks/{task_id}"}
+        )
+    return FileRegistered(
+        file_id=outcome["file_id"], task_id=task_id, duplicate=outcome["duplicate"]
+    )
+
+
+async def _read(runtime: Runtime, name: str, args: dict[str, Any]) -> Any:
+    submission = await runtime.submit(name, args, priority=9)
+    return await result_or_accepted(runtime, submission.run.id, READ_WAIT_SECONDS)
+
+
+@router.get("/files", response_model=list[FileOut], responses=STILL_RUNNING)
+async def list_files(runtime: RuntimeDep) -> Any:
+    return await _read(runtime, TaskName.LIST_FILES, {})
+
+
+async def _require_files(runtime: Runtime, file_ids: list[int]) -> None:
+    """404 for unknown ids at submit time. When no worker answers the lookup in time the
+    sync is accepted anyway; it then fails with a readable reason if the file is gone."""
+    submission = await runtime.submit(TaskName.FIND_FILES, {"file_ids": file_ids}, priority=9)
+    run = await runtime.wait(submission.run.id, LOOKUP_WAIT_SECONDS)
+    missing = run.result.get("missing") if run.state == State.SUCCESS and run.result else None
+    if missing:
+        raise HTTPException(404, f"no file with id {', '.join(map(str, missing))}")
+
+
+@router.post("/sync-single-file", response_model=SyncAccepted, status_code=202)
+async def sync_single_file(
+    body: SyncSingle,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SyncAccepted:
+    await _require_files(runtime, [body.file_id])
+    submission = await runtime.submit(
+        TaskName.SYNC_FILE,
+        {"file_id": body.file_id},
+        priority=body.priority,
+        idempotency_key=idempotency_key,
+    )
+    run = submission.run
+    accepted(response, run.id)
+    return SyncAccepted(
+        celery_task_id=run.id, task_id=run.id, status=run.state, executor=run.executor
+    )
+
+
+@router.post("/sync-batch", response_model=BatchAccepted, status_code=202)
+async def sync_batch(body: SyncBatch, runtime: RuntimeDep) -> BatchAccepted:
+    file_ids = list(dict.fromkeys(body.file_ids))
+    await _require_files(runtime, file_ids)
+    task_ids = [
+        (await runtime.submit(TaskName.SYNC_FILE, {"file_id": f}, priority=body.priority)).run.id
+        for f in file_ids
+    ]
+    return BatchAccepted(task_ids=task_ids)
+
+
+@router.get("/task-status/{task_id}", response_model=TaskStatus)
+async def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+    return await tasks.get_task(task_id, runtime)
+
+
+@router.delete("/cancel-task/{task_id}", response_model=TaskStatus, status_code=202)
+async def cancel_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+    return await tasks.cancel_task(task_id, runtime)
+
+
+def _found(outcome: Any, dataset: str) -> Any:
+    if outcome is None:
+        raise HTTPException(404, f"no dataset named {dataset!r}")
+    return outcome
+
+
+@router.get("/datasets/{dataset}", response_model=DatasetOut, responses=STILL_RUNNING)
+async def dataset_summary(dataset: DatasetPath, runtime: RuntimeDep) -> Any:
+    return _found(await _read(runtime, TaskName.DATASET_SUMMARY, {"dataset": dataset}), dataset)
+
+
+@router.get("/datasets/{dataset}/records", response_model=RecordsPage, responses=STILL_RUNNING)
+async def dataset_records(
+    dataset: DatasetPath,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Any:
+    args = {"dataset": dataset, "limit": limit, "offset": offset}
+    return _found(await _read(runtime, TaskName.LIST_RECORDS, args), dataset)

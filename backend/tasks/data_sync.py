@@ -1,0 +1,339 @@
+"""Data-sync tasks: register files, sync them into datasets, and read the results back.
+
+Syncs (and the inbox scan) run on the ``data_sync`` queue; registration and the short
+reads run on ``database`` so they never wait behind a long sync. A sync is exactly-once
+in effect: records are upserted by (dataset, key), and each batch commits together with
+its checkpoint, so a sync re-run after a kill resumes after its last committed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from backend.config import get_settings
+from backend.constants import Queue, State, TaskName
+from backend.db.models import SyncFile
+from backend.db.models.base import utcnow
+from backend.db.queries import data_sync as q
+from backend.files import readers, storage
+from backend.files.readers import BadFile
+from backend.runtime.context import TaskCancelled, TaskContext
+from backend.runtime.registry import task
+
+log = logging.getLogger(__name__)
+
+KEYS_FILE = ".keys"
+INBOX_SETTLE_SECONDS = 2.0
+
+
+def file_out(f: SyncFile) -> dict[str, Any]:
+    return {
+        "file_id": f.id,
+        "original_name": f.original_name,
+        "format": f.format,
+        "size": f.size,
+        "checksum": f.checksum,
+        "dataset": f.dataset,
+        "registered_at": f.registered_at.isoformat(),
+        "last_sync_state": f.last_sync_state,
+        "last_sync_task_id": f.last_sync_task_id,
+        "last_synced_at": f.last_synced_at.isoformat() if f.last_synced_at else None,
+        "rows": {
+            "read": f.rows_read,
+            "inserted": f.rows_inserted,
+            "updated": f.rows_updated,
+            "unchanged": f.rows_unchanged,
+            "rejected": f.rows_rejected,
+        },
+    }
+
+
+# -- registering --------------------------------------------------------------------------
+
+
+async def _register(
+    ctx: TaskContext, stored: storage.StoredFile, dataset: str, key_columns: list[str]
+) -> dict[str, Any]:
+    """Record a stored file; the same bytes again give the first file (duplicate)."""
+    with stored.path.open("rb") as f:
+        head = f.read(8)
+    fmt = readers.detect_format(stored.original_name, head)
+    async with ctx.session() as session, session.begin():
+        first = await q.file_by_checksum(session, checksum=stored.checksum)
+        if first is not None:
+            stored.path.unlink(missing_ok=True)
+            return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
+        existing = await q.get_dataset(session, name=dataset)
+        if existing is None and not key_columns:
+            raise BadFile(f"dataset {dataset!r} is new: give its key_columns")
+        if existing is not None and key_columns and existing.key_columns != key_columns:
+            raise BadFile(
+                f"dataset {dataset!r} is keyed by {existing.key_columns}, not {key_columns}"
+            )
+        if existing is None:
+            await q.ensure_dataset(session, name=dataset, key_columns=key_columns)
+        try:
+            row = await q.add_file(
+                session,
+                original_name=stored.original_name,
+                stored_path=str(stored.path),
+                format=fmt,
+                size=stored.size,
+                checksum=stored.checksum,
+                dataset=dataset,
+                registered_at=utcnow(),
+            )
+        except IntegrityError:
+            raise  # a racing registration of the same bytes: retried, then a duplicate
+        return {"file_id": row.id, "duplicate": False, "dataset": dataset, "format": fmt}
+
+
+@task(TaskName.REGISTER_FILE, queue=Queue.DATABASE)
+async def register_file(
+    ctx: TaskContext,
+    stored_path: str,
+    original_name: str,
+    size: int,
+    checksum: str,
+    dataset: str,
+    key_columns: list[str],
+) -> dict[str, Any]:
+    stored = storage.StoredFile(Path(stored_path), size, checksum, original_name)
+    try:
+        return await _register(ctx, stored, dataset, key_columns)
+    except IntegrityError:
+        async with ctx.session() as session:
+            first = await q.file_by_checksum(session, checksum=checksum)
+        if first is None:
+            raise
+        stored.path.unlink(missing_ok=True)
+        return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
+
+
+@task(TaskName.SCAN_INBOX, queue=Queue.DATA_SYNC, submittable=True)
+async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
+    """Register every settled file in ``DATA_DIR/inbox/<dataset>/``.
+
+    A dataset folder may hold a ``.keys`` file (comma-separated key columns) for a new
+    dataset; files that cannot be registered are moved to ``<dataset>/.rejected/``.
+    """
+    data_dir = get_settings().data_dir
+    inbox = storage.inbox_dir(data_dir)
+    report: dict[str, list[Any]] = {"registered": [], "duplicates": [], "rejected": []}
+    if not inbox.is_dir():
+        return report
+    now = utcnow().timestamp()
+    for folder in sorted(p for p in inbox.iterdir() if p.is_dir()):
+        keys_file = folder / KEYS_FILE
+        keys = (
+            [k.strip() for k in keys_file.read_text().split(",") if k.strip()]
+            if keys_file.is_file()
+            else []
+        )
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if now - path.stat().st_mtime < INBOX_SETTLE_SECONDS:
+                continue  # still being written
+            await ctx.checkpoint()
+            stored = await asyncio.to_thread(storage.adopt, path, data_dir=data_dir)
+            try:
+                outcome = await _register(ctx, stored, folder.name, keys)
+            except BadFile as exc:
+                rejected = folder / ".rejected"
+                rejected.mkdir(exist_ok=True)
+                stored.path.rename(rejected / path.name)
+                report["rejected"].append({"name": path.name, "reason": str(exc)})
+                continue
+            bucket = "duplicates" if outcome["duplicate"] else "registered"
+            report[bucket].append({"name": path.name, "file_id": outcome["file_id"]})
+    return report
+
+
+# -- syncing ----------------------------------------------------------------------------
+
+
+Rows = Iterator[tuple[int, readers.Row | str]]
+
+
+def _skip(rows: Rows, n: int) -> None:
+    for _ in itertools.islice(rows, n):
+        pass
+
+
+def _next_batch(
+    rows: Rows, n: int, keys: list[str]
+) -> tuple[int, list[q.PreparedRow], list[tuple[int, str]]]:
+    """Read, validate and hash up to ``n`` rows (in a thread: it is all CPU and file I/O).
+    Returns (rows read, rows to upsert, rejected rows with their reasons)."""
+    good: list[q.PreparedRow] = []
+    rejected: list[tuple[int, str]] = []
+    read = 0
+    for row_number, row in itertools.islice(rows, n):
+        read += 1
+        if isinstance(row, str):
+            rejected.append((row_number, row))
+            continue
+        values = [row.get(k) for k in keys]
+        empty = [k for k, v in zip(keys, values, strict=True) if v is None or not str(v).strip()]
+        if empty:
+            rejected.append((row_number, f"missing key column value: {', '.join(empty)}"))
+            continue
+        good.append(q.PreparedRow(q.record_key(values), row))
+    return read, good, rejected
+
+
+@task(TaskName.SYNC_FILE, queue=Queue.DATA_SYNC)
+async def sync_file(ctx: TaskContext, file_id: int) -> dict[str, Any]:
+    settings = get_settings()
+    async with ctx.session() as session:
+        f = await q.get_file(session, file_id=file_id)
+        if f is None:
+            raise BadFile(f"no file with id {file_id}")
+        dataset = await q.get_dataset(session, name=f.dataset)
+        checkpoint = await q.get_checkpoint(session, task_id=ctx.task_id)
+    assert dataset is not None
+    keys = list(dataset.key_columns)
+    try:
+        return await _sync(ctx, f, keys, checkpoint, settings.sync_batch_size)
+    except BadFile:
+        await _set_state(ctx, file_id, State.FAILURE)
+        raise
+    except TaskCancelled:
+        await _set_state(ctx, file_id, State.REVOKED)
+        raise
+
+
+async def _set_state(ctx: TaskContext, file_id: int, state: str) -> None:
+    async with ctx.session() as session, session.begin():
+        await q.set_file_state(session, file_id=file_id, state=state, task_id=ctx.task_id)
+
+
+async def _sync(
+    ctx: TaskContext,
+    f: SyncFile,
+    keys: list[str],
+    checkpoint: Any,
+    batch_size: int,
+) -> dict[str, Any]:
+    path = Path(f.stored_path)
+    if not await asyncio.to_thread(path.is_file):
+        raise BadFile(f"the stored file {path.name} is missing")
+    # The whole-file pre-pass: a file that is not what it claims fails here, before any
+    # row is written, so its dataset stays unchanged.
+    info = await asyncio.to_thread(readers.inspect, path, f.format)
+    missing = [k for k in keys if k not in info.columns]
+    if missing and info.format != "jsonl":
+        raise BadFile(
+            f"the header row has no key column {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(info.columns[:20])}); is the first row a header?"
+        )
+    counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
+    done = checkpoint.rows_done if checkpoint is not None else 0
+    if checkpoint is None:
+        async with ctx.session() as session, session.begin():
+            await q.clear_errors(session, file_id=f.id)
+            await q.set_file_state(session, file_id=f.id, state=State.STARTED, task_id=ctx.task_id)
+    rows = readers.iter_rows(path, info)
+    if done:
+        await asyncio.to_thread(_skip, rows, done)  # resume after the last committed batch
+        await ctx.progress(done, info.total_rows, f"resumed after row {done}")
+    while True:
+        await ctx.checkpoint()
+        read, good, rejected = await asyncio.to_thread(_next_batch, rows, batch_size, keys)
+        if not read:
+            break
+        async with ctx.session() as session, session.begin():
+            batch_counts = await q.upsert_records(
+                session, dataset=f.dataset, file_id=f.id, rows=good, now=utcnow()
+            )
+            await q.add_errors(session, file_id=f.id, task_id=ctx.task_id, errors=rejected)
+            batch_counts.read, batch_counts.rejected = read, len(rejected)
+            counts.add(batch_counts)
+            done += read
+            await q.save_checkpoint(
+                session, task_id=ctx.task_id, file_id=f.id, rows_done=done, counts=counts
+            )
+        await ctx.progress(
+            done,
+            max(info.total_rows, done),
+            f"{counts.inserted} inserted, {counts.updated} updated, "
+            f"{counts.unchanged} unchanged, {counts.rejected} rejected",
+        )
+    async with ctx.session() as session, session.begin():
+        await q.set_file_state(
+            session, file_id=f.id, state=State.SUCCESS, task_id=ctx.task_id, counts=counts
+        )
+        await q.drop_checkpoint(session, task_id=ctx.task_id)
+        errors = await q.errors_for(session, file_id=f.id, limit=100)
+    return {
+        "file_id": f.id,
+        "dataset": f.dataset,
+        "rows_read": counts.read,
+        "inserted": counts.inserted,
+        "updated": counts.updated,
+        "unchanged": counts.unchanged,
+        "rejected": counts.rejected,
+        "rejected_rows": [{"row": e.row_number, "reason": e.reason} for e in errors],
+    }
+
+
+# -- reading back -------------------------------------------------------------------------
+
+
+@task(TaskName.FIND_FILES, queue=Queue.DATABASE)
+async def find_files(ctx: TaskContext, file_ids: list[int]) -> dict[str, Any]:
+    async with ctx.session() as session:
+        found = await q.existing_file_ids(session, file_ids=file_ids)
+    return {"found": sorted(found), "missing": sorted(set(file_ids) - found)}
+
+
+@task(TaskName.LIST_FILES, queue=Queue.DATABASE)
+async def list_files(ctx: TaskContext) -> list[dict[str, Any]]:
+    async with ctx.session() as session:
+        return [file_out(f) for f in await q.list_files(session)]
+
+
+@task(TaskName.DATASET_SUMMARY, queue=Queue.DATABASE)
+async def dataset_summary(ctx: TaskContext, dataset: str) -> dict[str, Any] | None:
+    async with ctx.session() as session:
+        found = await q.get_dataset(session, name=dataset)
+        if found is None:
+            return None
+        return {
+            "dataset": dataset,
+            "key_columns": found.key_columns,
+            "record_count": await q.record_count(session, dataset=dataset),
+            "files": [file_out(f) for f in await q.list_files(session, dataset=dataset)],
+        }
+
+
+@task(TaskName.LIST_RECORDS, queue=Queue.DATABASE)
+async def list_records(
+    ctx: TaskContext, dataset: str, limit: int, offset: int
+) -> dict[str, Any] | None:
+    async with ctx.session() as session:
+        if await q.get_dataset(session, name=dataset) is None:
+            return None
+        page = await q.records_page(session, dataset=dataset, limit=limit, offset=offset)
+        return {
+            "dataset": dataset,
+            "limit": limit,
+            "offset": offset,
+            "records": [
+                {
+                    "key": r.key,
+                    "data": r.data,
+                    "source_file_id": r.source_file_id,
+                    "updated_at": r.updated_at.isoformat(),
+                }
+                for r in page
+            ],
+        }
