@@ -146,3 +146,17 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def small_uploads_api(stack_env: dict[str, str], workdir: Path) -> Iterator[Api]:
+    server = Api(stack_env | {"MAX_UPLOAD_BYTES": "1000"}, workdir / "logs", name="api-small")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_env_small_uploads(small_uploads_api: Api, redis_up: RedisServer) -> Iterator[httpx.Client]:
+    with small_uploads_api.client() as c:
+        yield c

@@ -66,7 +66,7 @@ async def _register(
         head = f.read(8)
     fmt = readers.detect_format(stored.original_name, head)
     async with ctx.session() as session, session.begin():
-        first = await q.file_by_checksum(session, checksum=stored.checksum)
+        first = await q.file_by_checksum(session, dataset=dataset, checksum=stored.checksum)
         if first is not None:
             stored.path.unlink(missing_ok=True)
             return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
@@ -110,7 +110,7 @@ async def register_file(
         return await _register(ctx, stored, dataset, key_columns)
     except IntegrityError:
         async with ctx.session() as session:
-            first = await q.file_by_checksum(session, checksum=checksum)
+            first = await q.file_by_checksum(session, dataset=dataset, checksum=checksum)
         if first is None:
             raise
         stored.path.unlink(missing_ok=True)

@@ -29,8 +29,8 @@ class SyncFile(Base):
     stored_path: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(10))
     size: Mapped[int] = mapped_column(BigId)
-    # The same bytes registered again give this file back instead of a new one.
-    checksum: Mapped[str] = mapped_column(String(64), unique=True)
+    # The same bytes registered again (for the same dataset) give this file back.
+    checksum: Mapped[str] = mapped_column(String(64))
     dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name"))
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_sync_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -41,6 +41,8 @@ class SyncFile(Base):
     rows_updated: Mapped[int] = mapped_column(Integer, default=0)
     rows_unchanged: Mapped[int] = mapped_column(Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (UniqueConstraint("dataset", "checksum"),)
 
 
 class Record(Base):

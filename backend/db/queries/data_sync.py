@@ -74,8 +74,12 @@ async def ensure_dataset(session: AsyncSession, *, name: str, key_columns: list[
     return dataset
 
 
-async def file_by_checksum(session: AsyncSession, *, checksum: str) -> SyncFile | None:
-    return await session.scalar(select(SyncFile).where(SyncFile.checksum == checksum))
+async def file_by_checksum(
+    session: AsyncSession, *, dataset: str, checksum: str
+) -> SyncFile | None:
+    return await session.scalar(
+        select(SyncFile).where(SyncFile.dataset == dataset, SyncFile.checksum == checksum)
+    )
 
 
 async def add_file(session: AsyncSession, **values: Any) -> SyncFile:

@@ -55,7 +55,7 @@ def upgrade() -> None:
     sa.Column('rows_rejected', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['dataset'], ['datasets.name'], name=op.f('fk_sync_files_dataset_datasets')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sync_files')),
-    sa.UniqueConstraint('checksum', name=op.f('uq_sync_files_checksum'))
+    sa.UniqueConstraint('dataset', 'checksum', name=op.f('uq_sync_files_dataset_checksum'))
     )
     op.create_table('sync_checkpoints',
     sa.Column('task_id', sa.String(length=36), nullable=False),
