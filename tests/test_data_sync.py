@@ -297,7 +297,7 @@ def test_a_sync_killed_mid_way_resumes_from_its_checkpoint_exactly_once(
 ) -> None:
     doomed = start_worker(env={"SYNC_BATCH_SIZE": "500"})
     dataset = new_dataset()
-    f = register(client, csv_bytes(60_000), dataset)
+    f = register(client, csv_bytes(30_000), dataset)
     task_id = sync(client, f["file_id"])["task_id"]
     wait_for(
         lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 5_000,
@@ -311,10 +311,10 @@ def test_a_sync_killed_mid_way_resumes_from_its_checkpoint_exactly_once(
     done = wait_state(client, task_id, "SUCCESS", timeout=120)
 
     assert done["attempts"] == 2
-    assert done["result"]["rows_read"] == 60_000
-    assert done["result"]["inserted"] == 60_000  # counts carried over, nothing counted twice
-    assert dataset_info(client, dataset)["record_count"] == 60_000
-    assert committed < 60_000
+    assert done["result"]["rows_read"] == 30_000
+    assert done["result"]["inserted"] == 30_000  # counts carried over, nothing counted twice
+    assert dataset_info(client, dataset)["record_count"] == 30_000
+    assert committed < 30_000
 
 
 @pytest.mark.slow
@@ -323,7 +323,7 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
 ) -> None:
     start_worker(env={"SYNC_BATCH_SIZE": "500"})
     dataset = new_dataset()
-    f = register(client, csv_bytes(80_000), dataset)
+    f = register(client, csv_bytes(40_000), dataset)
     task_id = sync(client, f["file_id"])["task_id"]
     wait_for(
         lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 2_000,
@@ -339,7 +339,7 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
     )
 
     count = dataset_info(client, dataset)["record_count"]
-    assert 0 < count < 80_000
+    assert 0 < count < 40_000
     assert count % 500 == 0  # whole batches only
     assert status(client, task_id)["state"] == "REVOKED"
 

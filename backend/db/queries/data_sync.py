@@ -175,7 +175,9 @@ async def upsert_records(
         for r in latest.values()
     ]
     if changed:
-        statement = _insert(session)(Record)
+        # The Core table, not the ORM entity: the ORM's bulk path costs more per row than
+        # the database does.
+        statement = _insert(session)(Record.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=[Record.dataset, Record.key],
             set_={
