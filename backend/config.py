@@ -59,7 +59,7 @@ class Settings(BaseSettings):
 
     # Data sync.
     max_upload_bytes: int = 512 * 1024 * 1024
-    sync_batch_size: int = 2000
+    sync_batch_size: int = 5000
 
     @field_validator("api_tokens", mode="before")
     @classmethod

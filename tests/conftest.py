@@ -92,6 +92,8 @@ def stack_env(redis_server: RedisServer, database_url: str, workdir: Path) -> di
         "API_TOKENS": f"{TOKEN},second-token",
         "PYTHONUNBUFFERED": "1",
     }
+    if not redis_server.alive:  # the previous database's last test may have stopped it
+        redis_server.start()
     redis_server.client().flushall()
     run_migrations(env)
     return env

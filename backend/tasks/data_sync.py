@@ -186,7 +186,7 @@ def _next_batch(
         if empty:
             rejected.append((row_number, f"missing key column value: {', '.join(empty)}"))
             continue
-        good.append(q.PreparedRow(q.record_key(values), row))
+        good.append(q.PreparedRow.of(q.record_key(values), row))
     return read, good, rejected
 
 
