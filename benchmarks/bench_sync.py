@@ -79,6 +79,7 @@ def raw_postgres(url: str, rows: list[tuple[str, str, str, str, int, str]]) -> f
     async def run() -> float:
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
+            await conn.execute("DROP TABLE IF EXISTS raw_records")
             await conn.execute("CREATE TABLE raw_records (LIKE records INCLUDING ALL)")
             records = [(d, k, v, h, s, datetime.fromisoformat(t)) for d, k, v, h, s, t in rows]
             started = time.perf_counter()

@@ -372,3 +372,47 @@ def test_a_sync_runs_locally_with_redis_down(client: httpx.Client, redis_up: Red
     assert accepted["executor"] == "local" and done["executor"] == "local"
     assert done["result"]["inserted"] == 3_000
     assert dataset_info(client, dataset)["record_count"] == 3_000
+
+
+def test_a_batch_sync_runs_every_file(client: httpx.Client, start_worker: StartWorker) -> None:
+    start_worker(concurrency=2)
+    dataset = new_dataset()
+    files = [register(client, csv_bytes(100, start=i * 100), dataset) for i in range(3)]
+
+    response = client.post(
+        "/api/data-sync/sync-batch",
+        json={"file_ids": [f["file_id"] for f in files], "priority": 7},
+    )
+
+    assert response.status_code == 202
+    for task_id in response.json()["task_ids"]:
+        assert wait_state(client, task_id, "SUCCESS")["result"]["inserted"] == 100
+    assert dataset_info(client, dataset)["record_count"] == 300
+
+
+def test_files_dropped_into_the_inbox_are_registered_by_the_scan(
+    client: httpx.Client, start_worker: StartWorker, stack_env: dict[str, str]
+) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    start_worker()
+    dataset = new_dataset()
+    folder = Path(stack_env["DATA_DIR"]) / "inbox" / dataset
+    folder.mkdir(parents=True)
+    (folder / ".keys").write_text("order_id")
+    (folder / "stock.csv").write_bytes(csv_bytes(20, version=dataset))
+    (folder / "junk.csv").write_bytes(b"")
+    old = time.time() - 60
+    for p in folder.iterdir():
+        os.utime(p, (old, old))
+
+    scan = client.post("/api/tasks", json={"name": "data_sync.scan_inbox"}).json()
+    report = wait_state(client, scan["task_id"], "SUCCESS")["result"]
+
+    assert [r["name"] for r in report["registered"]] == ["junk.csv", "stock.csv"]
+    assert not (folder / "stock.csv").exists()
+    file_id = report["registered"][1]["file_id"]
+    done = wait_state(client, sync(client, file_id)["task_id"], "SUCCESS")
+    assert done["result"]["inserted"] == 20
