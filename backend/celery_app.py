@@ -6,13 +6,34 @@ here; the tasks themselves come from the one registry (backend/runtime/registry.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from celery import Celery
 from kombu.entity import Queue as KombuQueue
 
 from backend.config import Settings, get_settings
-from backend.constants import ALL_QUEUES, Queue
+from backend.constants import ALL_QUEUES, Queue, TaskName
 from backend.runtime.registry import all_specs
 from backend.runtime.worker import bind_tasks
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The schedule, defined once; intervals come from settings."""
+    entries = {
+        "recovery-sweep": (TaskName.RECOVER, settings.schedule_recovery_seconds),
+        "purge-conversations": (TaskName.PURGE_CONVERSATIONS, settings.schedule_cleanup_seconds),
+        "purge-task-runs": (TaskName.PURGE_TASK_RUNS, settings.schedule_cleanup_seconds),
+        "inbox-scan": (TaskName.SCAN_INBOX, settings.schedule_inbox_seconds),
+    }
+    return {
+        name: {
+            "task": str(task_name),
+            "schedule": timedelta(seconds=seconds),
+            "options": {"queue": Queue.SCHEDULED.value, "expires": seconds},
+        }
+        for name, (task_name, seconds) in entries.items()
+    }
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -61,6 +82,14 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
+        # RedBeat keeps the schedule and last-run times in Redis; its lock lets exactly one
+        # of several beat processes send, and a standby takes over once the lock expires
+        # (RedBeat's default of 25 minutes is far too long for the recovery sweep).
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_lock_timeout=settings.redbeat_lock_timeout,
+        beat_max_loop_interval=max(1, min(5, settings.redbeat_lock_timeout // 3)),
+        beat_schedule=beat_schedule(settings),
     )
     bind_tasks(app, settings)
     return app

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     responder: str = "backend.responders:EchoResponder"
     conversation_retention_days: float = 30.0
 
+    # Scheduled work (RedBeat): intervals in seconds, retention in days.
+    schedule_recovery_seconds: float = 30.0
+    schedule_cleanup_seconds: float = 3600.0
+    schedule_inbox_seconds: float = 60.0
+    redbeat_lock_timeout: int = 30
+    task_run_retention_days: float = 7.0
+    sync_error_retention_days: float = 30.0
+
     # Data sync.
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = 5000

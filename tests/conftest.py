@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import TOKEN, Api, RedisServer, Worker, run_migrations, wait_for
+from tests.support import TOKEN, Api, Beat, RedisServer, Worker, run_migrations, wait_for
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SYNCQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -27,6 +27,8 @@ FAST_TIMINGS = {
     "PENDING_REDISPATCH_SECONDS": "300",
     "BROKER_PROBE_TTL": "0.5",
     "TASK_RETRY_BACKOFF_MAX": "1",
+    "SCHEDULE_RECOVERY_SECONDS": "1",
+    "REDBEAT_LOCK_TIMEOUT": "4",
 }
 
 
@@ -162,3 +164,24 @@ def small_uploads_api(stack_env: dict[str, str], workdir: Path) -> Iterator[Api]
 def api_env_small_uploads(small_uploads_api: Api, redis_up: RedisServer) -> Iterator[httpx.Client]:
     with small_uploads_api.client() as c:
         yield c
+
+
+StartBeat = Callable[[], Beat]
+
+
+@pytest.fixture
+def start_beat(
+    stack_env: dict[str, str], workdir: Path, redis_up: RedisServer
+) -> Iterator[StartBeat]:
+    """Start a real `celery beat` on RedBeat; all are stopped after the test."""
+    started: list[Beat] = []
+
+    def start() -> Beat:
+        beat = Beat(uuid.uuid4().hex[:6], stack_env, workdir / "logs")
+        beat.start()
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

@@ -148,6 +148,17 @@ class Worker(Process):
         super().__init__(args, env, logs / f"worker-{name}.log")
 
 
+class Beat(Process):
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        args = [
+            sys.executable, "-m", "celery", "-A", "backend.celery_app", "beat",
+            "-S", "redbeat.RedBeatScheduler", "-l", "info",
+            "--pidfile", str(logs / f"beat-{name}.pid"),
+            "-s", str(logs / f"beat-{name}-schedule"),
+        ]  # fmt: skip
+        super().__init__(args, env, logs / f"beat-{name}.log")
+
+
 class Api(Process):
     def __init__(
         self, env: dict[str, str], logs: Path, name: str = "api", workers: int = 1

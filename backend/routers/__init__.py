@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from backend.routers import conversations, data_sync, health, tasks
+from backend.routers import conversations, data_sync, health, schedules, tasks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,3 +11,4 @@ api_router.include_router(tasks.legacy_router)
 api_router.include_router(conversations.router)
 api_router.include_router(conversations.legacy_router)
 api_router.include_router(data_sync.router)
+api_router.include_router(schedules.router)

@@ -79,6 +79,11 @@ async def execute(
     attempt = await ledger.claim(
         sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
+    if attempt is None and spec.scheduled and await ledger.get(sessions, task_id) is None:
+        await ledger.adopt(sessions, task_id=task_id, name=spec.name, queue=spec.queue, args=args)
+        attempt = await ledger.claim(
+            sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
+        )
     if attempt is None:
         log.info(
             "task %s %s: not claimable (finished, cancelled or running elsewhere); skipped",

@@ -141,6 +141,24 @@ async def insert_run(
     return TaskRun(**values), True
 
 
+async def adopt(
+    sessions: Sessions, *, task_id: str, name: str, queue: str, args: dict[str, Any]
+) -> None:
+    """Record a task that reached a worker without passing the runtime (a RedBeat firing).
+    A row that already exists is left alone."""
+    now = utcnow()
+    values = {
+        "id": task_id, "name": name, "queue": queue, "state": State.PENDING.value,
+        "priority": 5, "args": args, "executor": Executor.CELERY.value, "attempts": 0,
+        "recoveries": 0, "cancel_requested": False, "submitted_at": now, "dispatched_at": now,
+    }  # fmt: skip
+    try:
+        async with _engine(sessions).begin() as conn:
+            await conn.execute(insert(TaskRun), [values])
+    except IntegrityError:
+        pass
+
+
 async def _by_key(session: AsyncSession, key: str) -> TaskRun | None:
     result = await session.execute(select(TaskRun).where(TaskRun.idempotency_key == key))
     return result.scalar_one_or_none()

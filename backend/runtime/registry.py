@@ -24,18 +24,28 @@ class TaskSpec:
     tracked: bool = True
     # May be submitted by name through POST /api/tasks (diagnostic tasks only).
     submittable: bool = False
+    # Sent by RedBeat, which knows nothing of the ledger: the first delivery of an unknown
+    # id records its ledger row, so every firing is tracked (and a redelivery is not).
+    scheduled: bool = False
 
 
 _registry: dict[str, TaskSpec] = {}
 
 
 def task(
-    name: str, *, queue: str, tracked: bool = True, submittable: bool = False
+    name: str,
+    *,
+    queue: str,
+    tracked: bool = True,
+    submittable: bool = False,
+    scheduled: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     def register(body: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         if str(name) in _registry and _registry[str(name)].body is not body:
             raise ValueError(f"task {name!r} is registered twice")
-        _registry[str(name)] = TaskSpec(str(name), str(queue), body, tracked, submittable)
+        _registry[str(name)] = TaskSpec(
+            str(name), str(queue), body, tracked, submittable, scheduled
+        )
         return body
 
     return register

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from backend.config import Settings
-from backend.constants import FINAL_STATES, Executor
+from backend.constants import FINAL_STATES, Executor, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.runtime import ledger
@@ -112,11 +112,26 @@ class Runtime:
             await self.broker.probe()
 
     async def _sweep_forever(self) -> None:
+        """Recovery at every interval; and while Redis is down (so no beat can fire), the
+        scheduled purges too, on the local executor, so a long outage still purges."""
+        last_cleanup = asyncio.get_running_loop().time()
         while True:
             try:
                 await self.recover()
             except Exception:
                 log.warning("recovery sweep failed", exc_info=True)
+            now = asyncio.get_running_loop().time()
+            if (
+                self.local is not None
+                and not self.broker.up
+                and now - last_cleanup >= self.settings.schedule_cleanup_seconds
+            ):
+                last_cleanup = now
+                for name in (TaskName.PURGE_CONVERSATIONS, TaskName.PURGE_TASK_RUNS):
+                    try:
+                        await self.submit(name)
+                    except Exception:
+                        log.warning("local %s failed to start", name, exc_info=True)
             await asyncio.sleep(self.settings.recovery_interval_seconds)
 
     # -- submit ----------------------------------------------------------------------

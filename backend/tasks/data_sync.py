@@ -117,7 +117,7 @@ async def register_file(
         return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
 
 
-@task(TaskName.SCAN_INBOX, queue=Queue.DATA_SYNC, submittable=True)
+@task(TaskName.SCAN_INBOX, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
     """Register every settled file in ``DATA_DIR/inbox/<dataset>/``.
 

@@ -1,0 +1,46 @@
+"""The RedBeat schedule: list the entries, and run one now."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException, Response
+
+from backend.api.deps import Authenticated, RuntimeDep
+from backend.api.responses import accepted
+from backend.runtime.schedules import UnknownSchedule, definition, read_entries
+from backend.schemas.schedules import Schedule
+from backend.schemas.tasks import TaskStatus, task_status
+
+router = APIRouter(prefix="/api/schedules", tags=["schedules"], dependencies=Authenticated)
+
+READ_TIMEOUT_SECONDS = 3.0
+
+
+@router.get("", response_model=list[Schedule])
+async def list_schedules(runtime: RuntimeDep) -> list[Schedule]:
+    async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+        entries = await asyncio.to_thread(read_entries, runtime.celery, redis_up=runtime.broker.up)
+    return [
+        Schedule(
+            name=e.name,
+            task=e.task,
+            schedule=f"every {e.every_seconds:g} s",
+            every_seconds=e.every_seconds,
+            last_run=e.last_run,
+            next_run=e.next_run,
+            enabled=e.enabled,
+        )
+        for e in entries
+    ]
+
+
+@router.post("/{name}/run", response_model=TaskStatus, status_code=202)
+async def run_now(name: str, runtime: RuntimeDep, response: Response) -> TaskStatus:
+    try:
+        entry = definition(runtime.celery, name)
+    except UnknownSchedule:
+        raise HTTPException(404, f"no schedule named {name!r}") from None
+    submission = await runtime.submit(entry["task"], dict(entry.get("kwargs") or {}))
+    accepted(response, submission.run.id)
+    return task_status(submission.run)

@@ -1,0 +1,84 @@
+"""Scheduled work on the ``scheduled`` queue: the recovery sweep and the purges.
+
+Each purge works in batches (one short transaction each, a checkpoint between them) and
+is idempotent, so a firing that is redelivered or runs twice deletes nothing extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import Any
+
+import redis
+
+from backend.config import get_settings
+from backend.constants import Queue, TaskName
+from backend.db.models.base import utcnow
+from backend.db.queries import conversations, retention
+from backend.runtime.context import TaskContext
+from backend.runtime.registry import task
+
+RESULT_KEY = "celery-task-meta-{}"  # Celery's Redis result key for a task id
+
+
+@task(TaskName.RECOVER, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
+async def recover(ctx: TaskContext) -> dict[str, Any]:
+    """The runtime's recovery sweep, run by beat so orphans are found with no API up."""
+    from backend.celery_app import app  # the app imports the tasks: import it late
+    from backend.runtime.service import Runtime
+
+    runtime = Runtime(get_settings(), app, local_fallback=False)
+    await runtime.start(sweep=False)
+    try:
+        report = await runtime.recover()
+    finally:
+        await runtime.stop()
+    return {"redispatched": report.redispatched, "failed": report.failed}
+
+
+@task(TaskName.PURGE_CONVERSATIONS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
+async def purge_conversations(ctx: TaskContext) -> dict[str, Any]:
+    cutoff = utcnow() - timedelta(days=get_settings().conversation_retention_days)
+    deleted = 0
+    while True:
+        await ctx.checkpoint()
+        async with ctx.session() as session, session.begin():
+            n = await conversations.purge_older_than(session, cutoff=cutoff)
+        deleted += n
+        if not n:
+            return {"deleted_messages": deleted, "cutoff": cutoff.isoformat()}
+
+
+@task(TaskName.PURGE_TASK_RUNS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
+async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
+    """Finished ledger rows and rejected-row records past retention, and the Celery
+    results Redis still holds for those tasks (best effort: they expire anyway)."""
+    settings = get_settings()
+    runs_cutoff = utcnow() - timedelta(days=settings.task_run_retention_days)
+    errors_cutoff = utcnow() - timedelta(days=settings.sync_error_retention_days)
+    results = redis.Redis.from_url(
+        settings.celery_result_backend, socket_timeout=2, socket_connect_timeout=1
+    )
+    runs = errors = 0
+    try:
+        while True:
+            await ctx.checkpoint()
+            async with ctx.session() as session, session.begin():
+                ids = await retention.purge_finished_task_runs(session, cutoff=runs_cutoff)
+            runs += len(ids)
+            if ids:
+                with contextlib.suppress(redis.RedisError):
+                    results.delete(*(RESULT_KEY.format(i) for i in ids))
+            else:
+                break
+        while True:
+            await ctx.checkpoint()
+            async with ctx.session() as session, session.begin():
+                n = await retention.purge_sync_errors(session, cutoff=errors_cutoff)
+            errors += n
+            if not n:
+                break
+    finally:
+        results.close()
+    return {"deleted_task_runs": runs, "deleted_sync_errors": errors}
