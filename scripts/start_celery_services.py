@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start the whole stack with one command: migrations, Redis, Celery worker, API.
+"""Start the whole stack with one command: migrations, Redis, worker, beat, API.
 
 Each component waits for the previous one to be healthy, logs to ``logs/<name>.log`` and
 to the terminal with a prefix, and is stopped in reverse order on Ctrl-C or SIGTERM with
@@ -135,6 +135,7 @@ def main() -> int:
         "--pool", default="solo" if os.name == "nt" else "prefork", help="Celery worker pool"
     )
     parser.add_argument("--no-worker", action="store_true", help="start no Celery worker")
+    parser.add_argument("--no-beat", action="store_true", help="start no beat (RedBeat)")
     args = parser.parse_args()
 
     settings = get_settings()
@@ -193,6 +194,18 @@ def main() -> int:
             worker.start()
             started.append(worker)
             wait_until(lambda: _worker_seen(redis_url), 60, "the Celery worker", worker)
+
+        if not args.no_beat:
+            beat = Component(
+                "beat",
+                [sys.executable, "-m", "celery", "-A", "backend.celery_app", "beat",
+                 "-S", "redbeat.RedBeatScheduler", "-l", "info",
+                 "-s", str(logs / "celerybeat-schedule"), "--pidfile", str(logs / "beat.pid")],
+                env,
+                logs,
+            )  # fmt: skip
+            beat.start()
+            started.append(beat)
 
         api = Component(
             "api",

@@ -7,6 +7,7 @@ is idempotent, so a firing that is redelivered or runs twice deletes nothing ext
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -61,11 +62,14 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
         settings.celery_result_backend, socket_timeout=2, socket_connect_timeout=1
     )
     runs = errors = 0
+    longest = 0.0
     try:
         while True:
             await ctx.checkpoint()
+            started = time.perf_counter()
             async with ctx.session() as session, session.begin():
                 ids = await retention.purge_finished_task_runs(session, cutoff=runs_cutoff)
+            longest = max(longest, time.perf_counter() - started)
             runs += len(ids)
             if ids:
                 with contextlib.suppress(redis.RedisError):
@@ -81,4 +85,8 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
                 break
     finally:
         results.close()
-    return {"deleted_task_runs": runs, "deleted_sync_errors": errors}
+    return {
+        "deleted_task_runs": runs,
+        "deleted_sync_errors": errors,
+        "longest_transaction_ms": round(longest * 1000, 1),
+    }
