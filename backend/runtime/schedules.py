@@ -7,7 +7,7 @@ entries RedBeat keeps in Redis (``redbeat:<name>``), which exist once a beat has
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
@@ -50,17 +50,20 @@ def read_entries(app: Celery, *, redis_up: bool) -> list[ScheduleEntry]:
                 )
             except KeyError:
                 stored = None  # no beat has run this entry yet
+        every = (
+            stored.schedule.run_every.total_seconds()
+            if stored is not None and hasattr(stored.schedule, "run_every")
+            else conf["schedule"].total_seconds()
+        )
+        last_run = stored.last_run_at if stored is not None else None
         out.append(
             ScheduleEntry(
                 name=name,
                 task=conf["task"],
-                every_seconds=(
-                    stored.schedule.run_every.total_seconds()
-                    if stored is not None and hasattr(stored.schedule, "run_every")
-                    else conf["schedule"].total_seconds()
-                ),
-                last_run=stored.last_run_at if stored is not None else None,
-                next_run=stored.due_at if stored is not None else None,
+                every_seconds=every,
+                last_run=last_run,
+                # RedBeat's own due_at subtracts the time already elapsed twice.
+                next_run=last_run + timedelta(seconds=every) if last_run else None,
                 enabled=stored.enabled if stored is not None else True,
             )
         )
