@@ -288,4 +288,5 @@ class Runtime:
                 await asyncio.to_thread(self.celery.control.revoke, task_id)
             raise NoWorkerAnswered(f"no worker answered within {timeout:g} s") from exc
         finally:
-            result.forget()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(result.forget)

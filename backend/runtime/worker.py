@@ -43,7 +43,7 @@ def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
     return loop.run_until_complete(coro)
 
 
-class TaskFailed(Exception):
+class TaskBodyFailed(Exception):
     """Raised to Celery so Flower and the result backend show a FAILURE too."""
 
 
@@ -78,7 +78,7 @@ def _entry(spec: TaskSpec, settings: Settings) -> Any:
             raise self.retry(countdown=outcome.countdown, max_retries=None)
         if outcome.kind == "failed":
             error = outcome.error or {}
-            raise TaskFailed(f"{error.get('type')}: {error.get('message')}")
+            raise TaskBodyFailed(f"{error.get('type')}: {error.get('message')}")
         if outcome.kind == "revoked":
             self.update_state(state=REVOKED)
         raise Ignore()  # skipped, revoked or lost: the ledger already says what happened

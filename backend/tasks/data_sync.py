@@ -79,19 +79,16 @@ async def _register(
             )
         if existing is None:
             await q.ensure_dataset(session, name=dataset, key_columns=key_columns)
-        try:
-            row = await q.add_file(
-                session,
-                original_name=stored.original_name,
-                stored_path=str(stored.path),
-                format=fmt,
-                size=stored.size,
-                checksum=stored.checksum,
-                dataset=dataset,
-                registered_at=utcnow(),
-            )
-        except IntegrityError:
-            raise  # a racing registration of the same bytes: retried, then a duplicate
+        row = await q.add_file(
+            session,
+            original_name=stored.original_name,
+            stored_path=str(stored.path),
+            format=fmt,
+            size=stored.size,
+            checksum=stored.checksum,
+            dataset=dataset,
+            registered_at=utcnow(),
+        )
         return {"file_id": row.id, "duplicate": False, "dataset": dataset, "format": fmt}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,12 +70,3 @@ async def purge_older_than(
         delete(ConversationMessage).where(ConversationMessage.id.in_(ids.scalar_subquery()))
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def count(session: AsyncSession, *, session_id: str) -> int:
-    return int(
-        await session.scalar(
-            select(func.count()).where(ConversationMessage.session_id == session_id)
-        )
-        or 0
-    )
