@@ -37,6 +37,8 @@ class TaskName(StrEnum):
     LIST_FILES = "data_sync.list_files"
     DATASET_SUMMARY = "data_sync.dataset_summary"
     LIST_RECORDS = "data_sync.list_records"
+    RECORD_NOTIFICATION = "notifications.record"
+    LIST_NOTIFICATIONS = "notifications.list"
 
 
 class State(StrEnum):
@@ -67,3 +69,5 @@ REDIS_PREFIX = "syncq:"
 WORKERS_KEY = REDIS_PREFIX + "workers"
 # Set once per Redis lifetime; its absence tells the recovery sweep that Redis lost its data.
 BROKER_EPOCH_KEY = REDIS_PREFIX + "broker-epoch"
+# Stream of task events (XADD, capped): what GET /api/events serves and replays from.
+EVENTS_STREAM = REDIS_PREFIX + "events"

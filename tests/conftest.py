@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import EventStream
 from tests.support import TOKEN, Api, Beat, RedisServer, Worker, run_migrations, wait_for
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -185,3 +186,21 @@ def start_beat(
     yield start
     for beat in started:
         beat.stop()
+
+
+OpenEvents = Callable[..., EventStream]
+
+
+@pytest.fixture
+def open_events(client: httpx.Client) -> Iterator[OpenEvents]:
+    """Open SSE streams on GET /api/events (each read in a thread); closed after the test."""
+    streams: list[EventStream] = []
+
+    def open_stream(**kwargs: object) -> EventStream:
+        stream = EventStream(client, **kwargs)  # type: ignore[arg-type]
+        streams.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in streams:
+        stream.close()

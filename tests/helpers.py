@@ -46,3 +46,73 @@ def wait_state(
 
 def wait_final(client: httpx.Client, task_id: str, timeout: float = 30) -> dict[str, Any]:
     return wait_state(client, task_id, FINAL, timeout)
+
+
+class EventStream:
+    """An SSE client on GET /api/events, reading in a thread so a test can act meanwhile.
+
+    ``events`` holds every parsed event: {"id", "event", "data"} with data decoded."""
+
+    def __init__(
+        self, client: httpx.Client, *, last_event_id: str | None = None, **params: Any
+    ) -> None:
+        import threading
+
+        self.events: list[dict[str, Any]] = []
+        self.status_code: int | None = None
+        # A client of its own: the stream outlives the test's requests on the other one.
+        self.client = httpx.Client(base_url=client.base_url, headers=client.headers)
+        self.closing = False
+        self.headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        self.params = {"max_seconds": 120, **params}
+        self.opened = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(10), "the event stream did not open"
+
+    def _read(self) -> None:
+        try:
+            self._follow()
+        except httpx.HTTPError:
+            if not self.closing:
+                raise
+        finally:
+            self.opened.set()
+
+    def close(self) -> None:
+        self.closing = True
+        self.client.close()
+        self.thread.join(5)
+
+    def _follow(self) -> None:
+        import json
+
+        current: dict[str, Any] = {}
+        with self.client.stream(
+            "GET", "/api/events", params=self.params, headers=self.headers, timeout=130
+        ) as response:
+            self.status_code = response.status_code
+            self.opened.set()
+            for line in response.iter_lines():
+                if not line:
+                    if "data" in current:
+                        current["data"] = json.loads(current["data"])
+                        self.events.append(current)
+                    current = {}
+                elif not line.startswith(":"):
+                    field, _, value = line.partition(":")
+                    current[field] = value.removeprefix(" ")
+
+    def of_task(self, task_id: str) -> list[dict[str, Any]]:
+        return [
+            e["data"]
+            for e in list(self.events)
+            if e.get("event") == "task" and e["data"].get("task_id") == task_id
+        ]
+
+    def states(self, task_id: str) -> list[str]:
+        return [e["state"] for e in self.of_task(task_id)]
+
+    def wait_for_state(self, task_id: str, state: str, timeout: float = 30) -> list[str]:
+        wait_for(lambda: state in self.states(task_id), timeout, what=f"{state} event")
+        return self.states(task_id)

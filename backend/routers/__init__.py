@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from backend.routers import conversations, data_sync, health, schedules, tasks
+from backend.routers import (
+    conversations,
+    data_sync,
+    events,
+    health,
+    notifications,
+    schedules,
+    system,
+    tasks,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -12,3 +21,6 @@ api_router.include_router(conversations.router)
 api_router.include_router(conversations.legacy_router)
 api_router.include_router(data_sync.router)
 api_router.include_router(schedules.router)
+api_router.include_router(events.router)
+api_router.include_router(notifications.router)
+api_router.include_router(system.router)

@@ -20,7 +20,8 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from backend.config import Settings
-from backend.constants import BROKER_EPOCH_KEY, WORKERS_KEY
+from backend.constants import BROKER_EPOCH_KEY, EVENTS_STREAM, WORKERS_KEY
+from backend.runtime.events import STREAM_MAXLEN, stream_fields
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class Broker:
         # One thread publishes every message: kombu producers are not thread-safe, and a
         # single reused producer is cheaper than a pool hop per message.
         self._publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="syncq-publish")
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The short-timeout client, for quick reads (presence, queue lengths)."""
+        return self._redis
 
     @property
     def up(self) -> bool:
@@ -104,6 +110,19 @@ class Broker:
         except Exception as exc:  # kombu raises OperationalError, redis raises its own
             log.warning("publish of %s failed: %s", task_id, exc)
             self.mark_down()
+            return False
+        return True
+
+    async def add_event(self, kind: str, data: dict[str, Any]) -> bool:
+        """Append to the capped events stream; False when Redis did not take it."""
+        try:
+            await self._redis.xadd(
+                EVENTS_STREAM,
+                stream_fields(kind, data),
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        except (RedisError, OSError):
             return False
         return True
 

@@ -28,6 +28,7 @@ class LeaseLost(Exception):
 
 ProgressWriter = Callable[[int, int | None, str | None], Awaitable[None]]
 CancelProbe = Callable[[], Awaitable[bool]]
+Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TaskContext:
     session_factory: async_sessionmaker[AsyncSession]
     _write_progress: ProgressWriter
     _probe_cancel: CancelProbe
+    _publish: Publisher | None = None
     cancel_check_interval: float = 1.0
     _cancelled: bool = False
     _last_probe: float = field(default=0.0)
@@ -51,6 +53,11 @@ class TaskContext:
         self, current: int, total: int | None = None, message: str | None = None
     ) -> None:
         await self._write_progress(current, total, message)
+
+    async def publish(self, kind: str, data: dict[str, Any]) -> None:
+        """Put an event of this kind on the events stream (best effort)."""
+        if self._publish is not None:
+            await self._publish(kind, data)
 
     def mark_cancelled(self) -> None:
         self._cancelled = True

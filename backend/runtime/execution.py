@@ -36,6 +36,7 @@ from backend.runtime.context import (
     TransientError,
     error_info,
 )
+from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.registry import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,18 @@ async def execute(
     runner: str,
     sessions: ledger.Sessions,
     settings: Settings,
+    announcer: Announcer | None = None,
 ) -> Outcome:
     if not spec.tracked:
-        return await _run_untracked(spec, task_id, args, executor, runner, sessions)
+        return await _run_untracked(spec, task_id, args, executor, runner, sessions, announcer)
+
+    async def announce(state: State, **fields: Any) -> None:
+        if announcer is not None:
+            event = TaskEvent(task_id, spec.name, state.value, executor, **fields)
+            try:
+                await announcer(event)
+            except Exception:  # news must never fail the task
+                log.warning("could not announce %s %s", state, task_id, exc_info=True)
 
     token = str(uuid.uuid4())
     lease = timedelta(seconds=settings.lease_seconds)
@@ -91,12 +101,14 @@ async def execute(
             task_id,
         )
         return Outcome("skipped")
+    await announce(State.STARTED, attempt=attempt)
 
     async def write_progress(current: int, total: int | None, message: str | None) -> None:
         percent = round(100.0 * current / total, 2) if total else None
         progress = {"current": current, "total": total, "percent": percent, "message": message}
         if not await ledger.set_progress(sessions, task_id=task_id, token=token, progress=progress):
             await _raise_if_gone(sessions, task_id)
+        await announce(State.PROGRESS, progress=progress, attempt=attempt)
 
     async def probe_cancel() -> bool:
         return await ledger.cancel_requested(sessions, task_id)
@@ -110,7 +122,15 @@ async def execute(
         session_factory=sessions,
         _write_progress=write_progress,
         _probe_cancel=probe_cancel,
+        _publish=announcer.publish if announcer is not None else None,
     )
+
+    async def record_failure(error: dict[str, Any]) -> None:
+        if await ledger.finish(
+            sessions, task_id=task_id, token=token, state=State.FAILURE, error=error
+        ):
+            await announce(State.FAILURE, error=error, attempt=attempt)
+
     body = asyncio.ensure_future(spec.body(ctx, **args))
     stop = _Stop(body)
     watchdog = asyncio.ensure_future(_watch(ctx, stop, token, sessions, settings))
@@ -132,9 +152,7 @@ async def execute(
                 "type": "SoftTimeLimitExceeded",
                 "message": f"ran longer than {settings.task_soft_time_limit} s",
             }
-            await ledger.finish(
-                sessions, task_id=task_id, token=token, state=State.FAILURE, error=error
-            )
+            await record_failure(error)
             return Outcome("failed", error=error)
         return Outcome(stop.reason)
     except TRANSIENT_ERRORS as exc:
@@ -148,18 +166,15 @@ async def execute(
             if await ledger.schedule_retry(
                 sessions, task_id=task_id, token=token, eta=eta, error=error
             ):
+                await announce(State.RETRY, error=error, attempt=attempt)
                 return Outcome("retry", error=error, countdown=countdown)
             return Outcome("lost")
-        await ledger.finish(
-            sessions, task_id=task_id, token=token, state=State.FAILURE, error=error
-        )
+        await record_failure(error)
         return Outcome("failed", error=error)
     except Exception as exc:
         log.exception("task %s %s failed", spec.name, task_id)
         error = error_info(exc)
-        await ledger.finish(
-            sessions, task_id=task_id, token=token, state=State.FAILURE, error=error
-        )
+        await record_failure(error)
         return Outcome("failed", error=error)
     finally:
         timer.cancel()
@@ -169,6 +184,7 @@ async def execute(
     if await ledger.finish(
         sessions, task_id=task_id, token=token, state=State.SUCCESS, result=result
     ):
+        await announce(State.SUCCESS, attempt=attempt)
         return Outcome("succeeded", result=result)
     # Cancelled (or taken over) while the last unit of work ran: the cancel stands.
     return Outcome("revoked")
@@ -230,6 +246,7 @@ async def _run_untracked(
     executor: str,
     runner: str,
     sessions: ledger.Sessions,
+    announcer: Announcer | None,
 ) -> Outcome:
     async def no_progress(current: int, total: int | None, message: str | None) -> None:
         return None
@@ -246,6 +263,7 @@ async def _run_untracked(
         session_factory=sessions,
         _write_progress=no_progress,
         _probe_cancel=never_cancelled,
+        _publish=announcer.publish if announcer is not None else None,
     )
     try:
         return Outcome("succeeded", result=await spec.body(ctx, **args))

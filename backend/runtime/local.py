@@ -18,6 +18,7 @@ from typing import Any
 from backend.config import Settings
 from backend.constants import Executor
 from backend.runtime import ledger
+from backend.runtime.events import Announcer
 from backend.runtime.execution import execute
 from backend.runtime.registry import get_spec
 
@@ -33,6 +34,7 @@ class LocalExecutor:
         self.settings = settings
         self.sessions = sessions
         self.runner = f"local@{socket.gethostname()}:{os.getpid()}"
+        self.announcer: Announcer | None = None  # set by the Runtime, which owns the hub
         self._queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
         self._held: set[str] = set()  # queued, running or waiting for a retry
         self._workers: list[asyncio.Task[None]] = []
@@ -55,6 +57,10 @@ class LocalExecutor:
     @property
     def has_capacity(self) -> bool:
         return len(self._held) < self.settings.local_queue_size
+
+    @property
+    def held_count(self) -> int:
+        return len(self._held)
 
     def holds(self, task_id: str) -> bool:
         return task_id in self._held
@@ -79,6 +85,7 @@ class LocalExecutor:
                     runner=self.runner,
                     sessions=self.sessions,
                     settings=self.settings,
+                    announcer=self.announcer,
                 )
             except Exception:
                 # The database went away under us; the lease will lapse and the sweep

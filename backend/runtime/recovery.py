@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from backend.config import Settings
+from backend.constants import State
 from backend.runtime import ledger
+from backend.runtime.events import TaskEvent
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[ledger.Orphan], Awaitable[str | None]]
+Announce = Callable[[TaskEvent], Awaitable[None]]
 
 
 @dataclass
@@ -33,6 +36,7 @@ async def recover(
     sessions: ledger.Sessions,
     settings: Settings,
     dispatch: Dispatch,
+    announce: Announce,
     broker_lost_data: bool = False,
 ) -> RecoveryReport:
     """``dispatch`` sends one orphan again and returns the executor used (None: could not).
@@ -47,15 +51,15 @@ async def recover(
     )
     for orphan in await ledger.find_orphans(sessions, lease=lease, pending_after=pending_after):
         if orphan.attempts >= settings.max_attempts:
-            if await ledger.fail_unclaimed(
-                sessions,
-                task_id=orphan.id,
-                error={
-                    "type": "WorkerLost",
-                    "message": f"the task's runner was lost {orphan.attempts} times; giving up",
-                },
-            ):
+            error = {
+                "type": "WorkerLost",
+                "message": f"the task's runner was lost {orphan.attempts} times; giving up",
+            }
+            if await ledger.fail_unclaimed(sessions, task_id=orphan.id, error=error):
                 report.failed.append(orphan.id)
+                await announce(
+                    TaskEvent(orphan.id, orphan.name, State.FAILURE, orphan.executor, error=error)
+                )
             continue
         # Take the row first (conditional on what we read), then send: a rival sweeper
         # that read the same row loses the update and sends nothing.
@@ -64,6 +68,7 @@ async def recover(
         executor = await dispatch(orphan)
         if executor is not None:
             report.redispatched.append(orphan.id)
+            await announce(TaskEvent(orphan.id, orphan.name, State.PENDING, executor))
     if report.redispatched or report.failed:
         log.warning(
             "recovery: re-dispatched %d task(s), gave up on %d",

@@ -23,6 +23,8 @@ from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.runtime import ledger
 from backend.runtime.broker import Broker
+from backend.runtime.events import Announcer, TaskEvent
+from backend.runtime.hub import EventHub
 from backend.runtime.local import ExecutorFull, LocalExecutor
 from backend.runtime.recovery import RecoveryReport, recover
 from backend.runtime.registry import get_spec
@@ -78,6 +80,11 @@ class Runtime:
         self.inserter = ledger.Inserter(self.sessions)
         self.broker = Broker(settings, celery)
         self.local = LocalExecutor(settings, self.sessions) if local_fallback else None
+        # Only a process with a local executor (the API) has listeners of its own.
+        self.hub = EventHub(self.broker, self.local) if local_fallback else None
+        self.announcer = Announcer(self.broker, fallback=self.hub)
+        if self.local is not None:
+            self.local.announcer = self.announcer
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -87,6 +94,8 @@ class Runtime:
         if self.local is not None:
             self.local.start()
         self._spawn(self._watch_broker())
+        if self.hub is not None:
+            self._spawn(self.hub.follow())
         if sweep:
             self._spawn(self._sweep_forever())
 
@@ -98,6 +107,8 @@ class Runtime:
                 await t
         if self.local is not None:
             await self.local.stop()
+        if self.hub is not None:
+            await self.hub.close()
         await self.broker.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -178,7 +189,14 @@ class Runtime:
         if executor != run.executor:
             await ledger.mark_dispatched(self.sessions, task_id=run.id, executor=executor)
             run.executor = executor
+        await self._announce(TaskEvent(run.id, name, run.state, run.executor))
         return Submission(run, created=True)
+
+    async def _announce(self, event: TaskEvent) -> None:
+        try:
+            await self.announcer(event)
+        except Exception:  # news must never fail the request
+            log.warning("could not announce %s %s", event.state, event.task_id, exc_info=True)
 
     async def _dispatch(
         self, task_id: str, name: str, queue: str, args: dict[str, Any], priority: int
@@ -229,7 +247,11 @@ class Runtime:
         if run.executor == Executor.CELERY and self.broker.up:
             # Best effort, off the request path: the ledger flag is what makes cancel stick.
             self._spawn(asyncio.to_thread(self.celery.control.revoke, task_id))
-        return await self.status(task_id)
+        run = await self.status(task_id)
+        await self._announce(
+            TaskEvent(run.id, run.name, run.state, run.executor, run.progress, run.error)
+        )
+        return run
 
     # -- recovery --------------------------------------------------------------------
 
@@ -240,6 +262,7 @@ class Runtime:
             sessions=self.sessions,
             settings=self.settings,
             dispatch=self._redispatch,
+            announce=self._announce,
             broker_lost_data=lost,
         )
 

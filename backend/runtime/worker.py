@@ -24,6 +24,8 @@ from celery.states import REVOKED
 from backend.config import Settings, get_settings
 from backend.constants import WORKERS_KEY, Executor
 from backend.db.engine import get_session_factory
+from backend.runtime.broker import Broker
+from backend.runtime.events import Announcer
 from backend.runtime.execution import execute
 from backend.runtime.registry import TaskSpec, all_specs
 
@@ -41,6 +43,18 @@ def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
         loop = _loops[pid] = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
     return loop.run_until_complete(coro)
+
+
+_announcers: dict[int, Announcer] = {}
+
+
+def worker_announcer(app: Celery, settings: Settings) -> Announcer:
+    """This process's announcer (its own Redis connection, made after the fork)."""
+    pid = os.getpid()
+    announcer = _announcers.get(pid)
+    if announcer is None:
+        announcer = _announcers[pid] = Announcer(Broker(settings, app))
+    return announcer
 
 
 class TaskBodyFailed(Exception):
@@ -70,6 +84,7 @@ def _entry(spec: TaskSpec, settings: Settings) -> Any:
                 runner=runner,
                 sessions=get_session_factory(settings),
                 settings=settings,
+                announcer=worker_announcer(self.app, settings),
             )
         )
         if outcome.kind == "succeeded":

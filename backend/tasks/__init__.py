@@ -1,5 +1,5 @@
 """Task bodies, one module per domain. Importing this package registers them all."""
 
-from backend.tasks import cleanup, conversation, data_sync, system
+from backend.tasks import cleanup, conversation, data_sync, notifications, system
 
-__all__ = ["cleanup", "conversation", "data_sync", "system"]
+__all__ = ["cleanup", "conversation", "data_sync", "notifications", "system"]

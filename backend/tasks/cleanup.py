@@ -16,7 +16,7 @@ import redis
 from backend.config import get_settings
 from backend.constants import Queue, TaskName
 from backend.db.models.base import utcnow
-from backend.db.queries import conversations, retention
+from backend.db.queries import conversations, notifications, retention
 from backend.runtime.context import TaskContext
 from backend.runtime.registry import task
 
@@ -53,15 +53,15 @@ async def purge_conversations(ctx: TaskContext) -> dict[str, Any]:
 
 @task(TaskName.PURGE_TASK_RUNS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
-    """Finished ledger rows and rejected-row records past retention, and the Celery
-    results Redis still holds for those tasks (best effort: they expire anyway)."""
+    """Finished ledger rows, their notifications and rejected-row records past retention,
+    and the Celery results Redis still holds for those tasks (best effort: they expire)."""
     settings = get_settings()
     runs_cutoff = utcnow() - timedelta(days=settings.task_run_retention_days)
     errors_cutoff = utcnow() - timedelta(days=settings.sync_error_retention_days)
     results = redis.Redis.from_url(
         settings.celery_result_backend, socket_timeout=2, socket_connect_timeout=1
     )
-    runs = errors = 0
+    runs = errors = notes = 0
     longest = 0.0
     try:
         while True:
@@ -83,10 +83,18 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
             errors += n
             if not n:
                 break
+        while True:
+            await ctx.checkpoint()
+            async with ctx.session() as session, session.begin():
+                n = await notifications.purge_older_than(session, cutoff=runs_cutoff)
+            notes += n
+            if not n:
+                break
     finally:
         results.close()
     return {
         "deleted_task_runs": runs,
         "deleted_sync_errors": errors,
+        "deleted_notifications": notes,
         "longest_transaction_ms": round(longest * 1000, 1),
     }

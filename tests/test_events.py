@@ -1,0 +1,168 @@
+"""Live events (SSE), notifications and the system views, with real workers and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import OpenEvents, StartWorker
+from tests.helpers import submit, wait_state
+from tests.support import RedisServer, wait_for
+from tests.test_data_sync import csv_bytes, new_dataset, register, sync
+
+
+def test_an_sse_client_sees_a_sync_move_through_progress_to_success(
+    client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
+) -> None:
+    start_worker(env={"SYNC_BATCH_SIZE": "500"})
+    f = register(client, csv_bytes(3_000), new_dataset())
+    stream = open_events()
+
+    task_id = sync(client, f["file_id"])["task_id"]
+
+    states = stream.wait_for_state(task_id, "SUCCESS")
+    assert stream.status_code == 200
+    assert states[0] == "PENDING" and states[-1] == "SUCCESS"
+    assert "STARTED" in states and states.count("PROGRESS") >= 2
+    progress = [e["progress"] for e in stream.of_task(task_id) if e["state"] == "PROGRESS"]
+    assert progress[-1]["current"] == 3_000 and progress[-1]["total"] == 3_000
+    event = stream.of_task(task_id)[-1]
+    assert event["name"] == "data_sync.sync_file" and event["executor"] == "celery"
+
+
+def test_a_client_reconnecting_with_last_event_id_gets_what_it_missed(
+    client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
+) -> None:
+    start_worker()
+    first = open_events()
+    early = submit(client, "system.noop")["task_id"]
+    first.wait_for_state(early, "SUCCESS")
+    resume_from = [e for e in first.events if e["data"].get("task_id") == early][-1]["id"]
+
+    missed = submit(client, "system.sleep", seconds=0.2, steps=2)["task_id"]
+    wait_state(client, missed, "SUCCESS")
+    again = open_events(last_event_id=resume_from)
+
+    assert again.wait_for_state(missed, "SUCCESS") == [
+        "PENDING", "STARTED", "PROGRESS", "PROGRESS", "SUCCESS"
+    ]  # fmt: skip
+    assert again.states(early) == []  # nothing from before Last-Event-ID
+
+
+def test_events_can_be_filtered_to_one_task(
+    client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
+) -> None:
+    start_worker()
+    wanted = submit(client, "system.sleep", seconds=1, steps=2)["task_id"]
+    stream = open_events(task_id=wanted)
+    submit(client, "system.noop")
+
+    stream.wait_for_state(wanted, "SUCCESS")
+    assert {e["data"]["task_id"] for e in stream.events if e["event"] == "task"} == {wanted}
+
+
+def test_tasks_that_end_leave_notifications(
+    client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
+) -> None:
+    start_worker()
+    stream = open_events()
+    ok = submit(client, "system.noop")["task_id"]
+    cancelled = submit(client, "system.sleep", seconds=30, steps=30)["task_id"]
+    wait_state(client, cancelled, "PROGRESS")
+    assert client.delete(f"/api/tasks/{cancelled}").status_code == 202
+    failed = submit(client, "system.flaky", transient_failures=99)["task_id"]
+    wait_state(client, failed, "FAILURE")
+
+    def notifications() -> dict[str, dict[str, str]]:
+        response = client.get("/api/notifications", params={"limit": 100})
+        assert response.status_code == 200, response.text
+        return {n["task_id"]: n for n in response.json()}
+
+    found = wait_for(
+        lambda: (n := notifications()).keys() >= {ok, cancelled, failed} and n,
+        20,
+        what="three notifications",
+    )
+    assert found[ok]["state"] == "SUCCESS" and found[ok]["level"] == "info"
+    assert found[cancelled]["state"] == "REVOKED" and found[cancelled]["level"] == "warning"
+    assert found[failed]["state"] == "FAILURE" and found[failed]["level"] == "error"
+    assert "failed" in found[failed]["message"]
+    wait_for(
+        lambda: (
+            {e["data"]["task_id"] for e in stream.events if e["event"] == "notification"}
+            >= {ok, cancelled, failed}
+        ),
+        10,
+        what="notification events",
+    )
+
+
+@pytest.mark.slow
+def test_with_redis_down_the_local_executor_feeds_events_and_notifications(
+    client: httpx.Client, redis_up: RedisServer, open_events: OpenEvents
+) -> None:
+    stream = open_events()
+    redis_up.kill()
+    wait_for(lambda: client.get("/health").json()["broker"] == "down", 5, what="broker down")
+
+    accepted = submit(client, "system.sleep", seconds=0.2, steps=2)
+    task_id = accepted["task_id"]
+
+    assert stream.wait_for_state(task_id, "SUCCESS") == [
+        "PENDING", "STARTED", "PROGRESS", "PROGRESS", "SUCCESS"
+    ]  # fmt: skip
+    assert stream.of_task(task_id)[-1]["executor"] == "local"
+    notes = wait_for(
+        lambda: [
+            n
+            for n in client.get("/api/notifications").json()
+            if isinstance(n, dict) and n.get("task_id") == task_id
+        ],
+        15,
+        what="the local notification",
+    )
+    assert notes[0]["state"] == "SUCCESS"
+
+
+def test_system_views_show_the_worker_and_the_queues(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    worker = start_worker(concurrency=2)
+
+    body = wait_for(
+        lambda: (
+            (b := client.get("/api/system/workers").json())
+            and any(w["name"] == worker.node and w["ping"] for w in b["workers"])
+            and b
+        ),
+        15,
+        what="the worker in /api/system/workers",
+    )
+    ours = next(w for w in body["workers"] if w["name"] == worker.node)
+    assert ours["pool"] == "prefork" and ours["concurrency"] == 2
+    assert set(ours["queues"]) == {"database", "data_sync", "scheduled", "default"}
+
+    queues = client.get("/api/system/queues").json()
+    assert queues["broker"] == "up"
+    assert set(queues["queues"]) == {"database", "data_sync", "scheduled", "default"}
+
+
+def test_system_views_answer_fast_when_no_worker_does(
+    client: httpx.Client, redis_up: RedisServer
+) -> None:
+    worker_free_queue_before = client.get("/api/system/queues").json()["queues"]["default"]
+    submit(client, "system.noop")
+    submit(client, "system.noop")
+
+    started = time.monotonic()
+    response = client.get("/api/system/workers")
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert not [w for w in response.json()["workers"] if w["ping"]]
+    assert elapsed < 5  # inspect's timeout is 1 s; generous for a busy 2-core machine
+    assert client.get("/api/system/queues").json()["queues"]["default"] >= (
+        worker_free_queue_before + 2
+    )
