@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     task_run_retention_days: float = 7.0
     sync_error_retention_days: float = 30.0
 
+    # Logging: json | text | auto (JSON unless stderr is a terminal).
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
     # Data sync.
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = 5000

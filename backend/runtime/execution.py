@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from backend.config import Settings
 from backend.constants import State
 from backend.db.models.base import utcnow
+from backend.log_config import current_task_id
 from backend.runtime import ledger
 from backend.runtime.context import (
     LeaseLost,
@@ -72,6 +73,24 @@ async def execute(
     sessions: ledger.Sessions,
     settings: Settings,
     announcer: Announcer | None = None,
+) -> Outcome:
+    """Run one delivery; every line logged meanwhile (by us or the body) has its task id."""
+    token = current_task_id.set(task_id)
+    try:
+        return await _execute(spec, task_id, args, executor, runner, sessions, settings, announcer)
+    finally:
+        current_task_id.reset(token)
+
+
+async def _execute(
+    spec: TaskSpec,
+    task_id: str,
+    args: dict[str, Any],
+    executor: str,
+    runner: str,
+    sessions: ledger.Sessions,
+    settings: Settings,
+    announcer: Announcer | None,
 ) -> Outcome:
     if not spec.tracked:
         return await _run_untracked(spec, task_id, args, executor, runner, sessions, announcer)

@@ -173,5 +173,15 @@ def _on_worker_shutdown(**_: Any) -> None:
         _presence.stop()
 
 
+def _on_setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery leaves logging alone once someone answers this signal: ours is JSON."""
+    from backend.log_config import configure_logging
+
+    settings = get_settings()
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    configure_logging(str(level or settings.log_level), settings.log_format)
+
+
+signals.setup_logging.connect(_on_setup_logging, weak=False)
 signals.worker_ready.connect(_on_worker_ready, weak=False)
 signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
