@@ -342,14 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         flower_base = f"http://{args.host}:{args.flower_port}"
         flower_auth = ("syncq", token)
         if not args.no_flower:
+            # The password goes in the environment, not on a command line anyone can read.
+            flower_env = env | {"FLOWER_BASIC_AUTH": f"{flower_auth[0]}:{flower_auth[1]}"}
             launch(
                 Component(
                     "flower",
                     [sys.executable, "-m", "celery", "-A", "backend.celery_app", "flower",
-                     f"--address={args.host}", f"--port={args.flower_port}",
-                     f"--basic-auth={flower_auth[0]}:{flower_auth[1]}",
-                     "--logging=info"],
-                    env,
+                     f"--address={args.host}", f"--port={args.flower_port}", "--logging=info"],
+                    flower_env,
                     logs,
                     lambda: http_ok(f"{flower_base}/healthcheck", flower_auth),
                 )
