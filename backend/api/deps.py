@@ -1,13 +1,18 @@
 """The vocabulary route signatures are written in: ``RuntimeDep``, ``IdempotencyKey``,
-and the bearer-token guard every router but /health hangs on itself."""
+the bearer-token guard every router but /health hangs on itself, and the route class that
+bounds request bodies."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.types import Message
 
 from backend.config import Settings
 from backend.runtime import Runtime
@@ -33,22 +38,84 @@ IdempotencyKey = Annotated[
 ]
 
 
+def token_accepted(settings: Settings, supplied: str | None) -> bool:
+    """Constant-time comparison against every configured token; no token configured
+    means nobody gets in (fail closed)."""
+    matched = False
+    for token in settings.api_tokens:
+        matched |= secrets.compare_digest((supplied or "").encode(), token.encode())
+    return bool(supplied) and matched
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Constant-time comparison against every configured token; no token configured
-    means nobody gets in (fail closed)."""
-    supplied = credentials.credentials.encode() if credentials else b""
-    matched = False
-    for token in settings.api_tokens:
-        matched |= secrets.compare_digest(supplied, token.encode())
-    if not credentials or not matched:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not token_accepted(settings, credentials.credentials if credentials else None):
+        raise _unauthorized()
 
 
 Authenticated = [Depends(require_token)]
+
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload
+MAX_JSON_BODY_BYTES = 1 << 20  # the largest JSON request (a message is at most 64 KiB)
+
+
+def _body_limit(request: Request) -> tuple[int, str]:
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        settings: Settings = request.app.state.settings
+        limit = settings.max_upload_bytes
+        return limit + MULTIPART_OVERHEAD, f"the file is larger than {limit} bytes"
+    return MAX_JSON_BODY_BYTES, f"the request body is larger than {MAX_JSON_BODY_BYTES} bytes"
+
+
+class BoundedBodyRoute(APIRoute):
+    """A route that reads no request body it will refuse. FastAPI reads (and spools to
+    disk) the whole body before dependencies and the endpoint run, so neither can do this:
+
+    - without a valid token (on a route that requires one) the answer is 401 before a
+      byte of the body is read;
+    - a body past its limit is 413: at once when Content-Length says so, else as soon as
+      the streamed bytes pass it. Uploads may be MAX_UPLOAD_BYTES (plus the multipart
+      framing), any other body MAX_JSON_BODY_BYTES.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        guarded = any(d.dependency is require_token for d in self.dependencies)
+
+        async def bounded(request: Request) -> Response:
+            if guarded:
+                settings: Settings = request.app.state.settings
+                scheme, supplied = get_authorization_scheme_param(
+                    request.headers.get("authorization")
+                )
+                if scheme.lower() != "bearer" or not token_accepted(settings, supplied):
+                    raise _unauthorized()
+            limit, message = _body_limit(request)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise HTTPException(413, message)
+            receive, received = request.receive, 0
+
+            async def counted() -> Message:
+                nonlocal received
+                event = await receive()
+                if event["type"] == "http.request":
+                    received += len(event.get("body", b""))
+                    if received > limit:
+                        raise HTTPException(413, message)
+                return event
+
+            return await handler(Request(request.scope, counted))
+
+        return bounded

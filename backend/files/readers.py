@@ -6,6 +6,11 @@ junk, undecodable bytes, no header, a broken XLSX) *before* anything is written,
 file leaves its dataset unchanged. ``iter_rows`` then streams ``(row_number, row)`` pairs;
 a row that cannot be read comes as ``(row_number, reason)``. Row numbers are what a person
 sees in a spreadsheet: the header is row 1.
+
+Memory stays bounded whatever the file holds: text is read line by line, and a line
+longer than MAX_ROW_CHARS (MAX_HEADER_CHARS for a header) is never held whole; it is
+skipped in chunks and becomes a rejected row (or, as a header, a bad file). A field is at
+most MAX_FIELD_BYTES, and a header at most MAX_COLUMNS wide.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 CHUNK = 1 << 20
 SNIFF_BYTES = 64 * 1024
 MAX_COLUMNS = 2000
 MAX_FIELD_BYTES = 1 << 20
+MAX_HEADER_CHARS = 1 << 20  # 2000 columns of long names fit; a million do not
+MAX_ROW_CHARS = 8 << 20  # a few fields of the largest size
 FORMATS = ("csv", "jsonl", "xlsx")
 EXTENSIONS = {
     ".csv": "csv",
@@ -41,6 +48,47 @@ csv.field_size_limit(MAX_FIELD_BYTES)
 
 class BadFile(Exception):
     """The file cannot be synced at all; the message says why, for a person to read."""
+
+
+class LineTooLong(Exception):
+    """A line (or a record of several) longer than its limit; it was skipped, unread."""
+
+    def __init__(self, limit: int, length: int, delimiters: int) -> None:
+        super().__init__(f"the row is {length:,} characters long; at most {limit:,} are read")
+        self.limit, self.length, self.delimiters = limit, length, delimiters
+
+
+class BoundedLines:
+    """The lines of a text file (for ``csv.reader`` or a loop), none of them read whole
+    when longer than ``limit``: such a line is read on in chunks to its end and dropped,
+    and ``LineTooLong`` raised in its place (``csv.reader`` passes it on and starts afresh
+    at the next call). The limit is per record: call ``new_record()`` before each, so a
+    quoted field spanning lines counts them together."""
+
+    def __init__(self, f: TextIO, limit: int, delimiter: str = ",") -> None:
+        self.f, self.limit, self.delimiter = f, limit, delimiter
+        self.used = 0
+
+    def new_record(self) -> None:
+        self.used = 0
+
+    def __iter__(self) -> BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.f.readline(self.limit - self.used + 1)
+        if not line:
+            raise StopIteration
+        self.used += len(line)
+        if self.used > self.limit:
+            length, delimiters = self.used, line.count(self.delimiter)
+            while line and line[-1] not in "\r\n":
+                line = self.f.readline(CHUNK)
+                length += len(line)
+                delimiters += line.count(self.delimiter)
+            self.used = 0
+            raise LineTooLong(self.limit, length, delimiters)
+        return line
 
 
 Row = dict[str, Any]
@@ -123,7 +171,21 @@ def _inspect_csv(path: Path, encoding: str, lines: int) -> FileInfo:
         delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
         delimiter = ","
-    header = next(csv.reader(sample.splitlines(), delimiter=delimiter), [])
+    with path.open(encoding=encoding, newline="") as f:
+        try:
+            header = next(
+                csv.reader(BoundedLines(f, MAX_HEADER_CHARS, delimiter), delimiter=delimiter), []
+            )
+        except LineTooLong as exc:
+            count = exc.delimiters + 1
+            raise BadFile(
+                f"the header row is {exc.length:,} characters long (about {count:,} "
+                f"column{'s' if count > 1 else ''}); a header may have at most "
+                f"{MAX_COLUMNS} columns and {MAX_HEADER_CHARS:,} characters: "
+                "is the first row a header?"
+            ) from None
+        except csv.Error as exc:
+            raise BadFile(f"the header row cannot be read: {exc}") from None
     columns = [c.strip() for c in header]
     _check_header(columns)
     return FileInfo("csv", columns, max(lines - 1, 0), encoding, delimiter)
@@ -144,18 +206,23 @@ def _check_header(columns: list[str]) -> None:
 def _csv_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
     width = len(info.columns)
     with path.open(encoding=info.encoding, newline="") as f:
-        reader = csv.reader(f, delimiter=info.delimiter)
+        lines = BoundedLines(f, MAX_ROW_CHARS, info.delimiter)
+        reader = csv.reader(lines, delimiter=info.delimiter)
         try:
             next(reader)
-        except StopIteration:
-            return
+        except (StopIteration, LineTooLong, csv.Error):
+            return  # inspect() vetted the header
         row_number = 1
         while True:
             row_number += 1
+            lines.new_record()
             try:
                 values = next(reader)
             except StopIteration:
                 return
+            except LineTooLong as exc:
+                yield row_number, f"{exc} (about {exc.delimiters + 1:,} fields)"
+                continue
             except csv.Error as exc:
                 yield row_number, f"unreadable CSV row: {exc}"
                 continue
@@ -169,21 +236,48 @@ def _csv_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
 
 def _inspect_jsonl(path: Path, encoding: str, lines: int) -> FileInfo:
     with path.open(encoding=encoding) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except ValueError:
-                    raise BadFile("the first line is not JSON: not a JSON Lines file") from None
-                if not isinstance(first, dict):
-                    raise BadFile("the first line is not a JSON object: not a JSON Lines file")
-                return FileInfo("jsonl", [str(k) for k in first], lines, encoding)
-    raise BadFile("the file has no JSON objects")
+        text = BoundedLines(f, MAX_ROW_CHARS)
+        line = ""
+        try:
+            for line in text:
+                if line.strip():
+                    break
+                text.new_record()
+        except LineTooLong as exc:
+            raise BadFile(
+                f"the first line is {exc.length:,} characters long; "
+                f"at most {MAX_ROW_CHARS:,} are allowed in a line"
+            ) from None
+    if not line.strip():
+        raise BadFile("the file has no JSON objects")
+    try:
+        first = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadFile("the first line is not JSON: not a JSON Lines file") from None
+    if not isinstance(first, dict):
+        raise BadFile("the first line is not a JSON object: not a JSON Lines file")
+    columns = [str(k) for k in first]
+    if len(columns) > MAX_COLUMNS:
+        raise BadFile(
+            f"the first object has {len(columns)} keys; at most {MAX_COLUMNS} are allowed"
+        )
+    return FileInfo("jsonl", columns, lines, encoding)
 
 
 def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
     with path.open(encoding=info.encoding) as f:
-        for row_number, line in enumerate(f, start=1):
+        lines = BoundedLines(f, MAX_ROW_CHARS)
+        row_number = 0
+        while True:
+            row_number += 1
+            lines.new_record()
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except LineTooLong as exc:
+                yield row_number, str(exc)
+                continue
             if not line.strip():
                 continue
             try:
@@ -191,8 +285,14 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
             except ValueError as exc:
                 yield row_number, f"invalid JSON: {exc.args[0] if exc.args else exc}"
                 continue
+            except RecursionError:
+                yield row_number, "invalid JSON: nested too deeply"
+                continue
             if not isinstance(value, dict):
                 yield row_number, "not a JSON object"
+                continue
+            if len(value) > MAX_COLUMNS:
+                yield row_number, f"{len(value)} keys; at most {MAX_COLUMNS} are allowed"
                 continue
             yield row_number, value
 

@@ -23,7 +23,7 @@ _SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
 
 class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the file is larger than the limit of {limit} bytes")
+        super().__init__(f"the file is larger than {limit} bytes")
         self.limit = limit
 
 

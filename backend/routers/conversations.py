@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
+from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
 from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
 from backend.constants import TaskName
 from backend.runtime import Runtime
@@ -23,8 +23,15 @@ from backend.schemas.conversations import (
 )
 from backend.schemas.tasks import TaskStatus, task_status
 
-router = APIRouter(prefix="/api/conversations", tags=["conversations"], dependencies=Authenticated)
-legacy_router = APIRouter(tags=["conversations"], dependencies=Authenticated)
+router = APIRouter(
+    prefix="/api/conversations",
+    tags=["conversations"],
+    dependencies=Authenticated,
+    route_class=BoundedBodyRoute,
+)
+legacy_router = APIRouter(
+    tags=["conversations"], dependencies=Authenticated, route_class=BoundedBodyRoute
+)
 
 Wait = Annotated[float, Query(ge=0, le=30, description="seconds to wait for the read task")]
 RUN_WAIT_SECONDS = 30.0

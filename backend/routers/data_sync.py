@@ -9,10 +9,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Form, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep, SettingsDep
+from backend.api.deps import (
+    Authenticated,
+    BoundedBodyRoute,
+    IdempotencyKey,
+    RuntimeDep,
+    SettingsDep,
+)
+from backend.api.errors import UNPROCESSABLE, error_responses
 from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
 from backend.constants import State, TaskName
 from backend.files import storage
@@ -24,6 +31,7 @@ from backend.schemas.data_sync import (
     BatchAccepted,
     DatasetOut,
     DatasetPath,
+    FileAccepted,
     FileOut,
     FileRegistered,
     RecordsPage,
@@ -31,14 +39,21 @@ from backend.schemas.data_sync import (
     SyncBatch,
     SyncSingle,
 )
-from backend.schemas.tasks import TaskStatus
+from backend.schemas.tasks import TaskIdPath, TaskStatus
 
-router = APIRouter(prefix="/api/data-sync", tags=["data-sync"], dependencies=Authenticated)
+router = APIRouter(
+    prefix="/api/data-sync",
+    tags=["data-sync"],
+    dependencies=Authenticated,
+    route_class=BoundedBodyRoute,
+)
 
 REGISTER_WAIT_SECONDS = 5.0
 READ_WAIT_SECONDS = 10.0
 LOOKUP_WAIT_SECONDS = 5.0
-MULTIPART_OVERHEAD = 64 * 1024
+
+UNKNOWN_FILE = error_responses(404, e404="no file with one of these ids")
+UNKNOWN_DATASET = error_responses(404, e404="no dataset with this name")
 
 
 def _key_columns(raw: str) -> list[str]:
@@ -56,19 +71,19 @@ def _key_columns(raw: str) -> list[str]:
     "/files",
     response_model=FileRegistered,
     status_code=status.HTTP_201_CREATED,
-    responses=STILL_RUNNING,
+    responses={
+        202: {"model": FileAccepted, "description": "still registering: poll the task"},
+        **error_responses(413),
+        **UNPROCESSABLE,
+    },
 )
 async def register_file(
-    request: Request,
     runtime: RuntimeDep,
     settings: SettingsDep,
     file: UploadFile,
     dataset: Annotated[str, Form(pattern=DATASET_PATTERN)],
     key_columns: Annotated[str, Form(max_length=4000)] = "",
 ) -> Any:
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes + MULTIPART_OVERHEAD:
-        raise HTTPException(413, f"the file is larger than {settings.max_upload_bytes} bytes")
     columns = _key_columns(key_columns)
     try:
         stored = await storage.save_stream(
@@ -78,6 +93,8 @@ async def register_file(
             max_bytes=settings.max_upload_bytes,
         )
     except storage.TooLarge as exc:
+        # A body past the limit was refused before it was read (BoundedBodyRoute); this is
+        # a file that fitted only thanks to the allowance for the multipart framing.
         raise HTTPException(413, str(exc)) from None
     submission = await runtime.submit(
         TaskName.REGISTER_FILE,
@@ -127,7 +144,9 @@ async def _require_files(runtime: Runtime, file_ids: list[int]) -> None:
         raise HTTPException(404, f"no file with id {', '.join(map(str, missing))}")
 
 
-@router.post("/sync-single-file", response_model=SyncAccepted, status_code=202)
+@router.post(
+    "/sync-single-file", response_model=SyncAccepted, status_code=202, responses=UNKNOWN_FILE
+)
 async def sync_single_file(
     body: SyncSingle,
     runtime: RuntimeDep,
@@ -148,7 +167,7 @@ async def sync_single_file(
     )
 
 
-@router.post("/sync-batch", response_model=BatchAccepted, status_code=202)
+@router.post("/sync-batch", response_model=BatchAccepted, status_code=202, responses=UNKNOWN_FILE)
 async def sync_batch(body: SyncBatch, runtime: RuntimeDep) -> BatchAccepted:
     file_ids = list(dict.fromkeys(body.file_ids))
     await _require_files(runtime, file_ids)
@@ -159,13 +178,15 @@ async def sync_batch(body: SyncBatch, runtime: RuntimeDep) -> BatchAccepted:
     return BatchAccepted(task_ids=task_ids)
 
 
-@router.get("/task-status/{task_id}", response_model=TaskStatus)
-async def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+@router.get("/task-status/{task_id}", response_model=TaskStatus, responses=tasks.UNKNOWN_TASK)
+async def task_status(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     return await tasks.get_task(task_id, runtime)
 
 
-@router.delete("/cancel-task/{task_id}", response_model=TaskStatus, status_code=202)
-async def cancel_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+@router.delete(
+    "/cancel-task/{task_id}", response_model=TaskStatus, status_code=202, responses=tasks.CANCEL
+)
+async def cancel_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     return await tasks.cancel_task(task_id, runtime)
 
 
@@ -175,12 +196,20 @@ def _found(outcome: Any, dataset: str) -> Any:
     return outcome
 
 
-@router.get("/datasets/{dataset}", response_model=DatasetOut, responses=STILL_RUNNING)
+@router.get(
+    "/datasets/{dataset}",
+    response_model=DatasetOut,
+    responses={**STILL_RUNNING, **UNKNOWN_DATASET},
+)
 async def dataset_summary(dataset: DatasetPath, runtime: RuntimeDep) -> Any:
     return _found(await _read(runtime, TaskName.DATASET_SUMMARY, {"dataset": dataset}), dataset)
 
 
-@router.get("/datasets/{dataset}/records", response_model=RecordsPage, responses=STILL_RUNNING)
+@router.get(
+    "/datasets/{dataset}/records",
+    response_model=RecordsPage,
+    responses={**STILL_RUNNING, **UNKNOWN_DATASET},
+)
 async def dataset_records(
     dataset: DatasetPath,
     runtime: RuntimeDep,

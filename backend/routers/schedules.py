@@ -6,13 +6,19 @@ import asyncio
 
 from fastapi import APIRouter, HTTPException, Response
 
-from backend.api.deps import Authenticated, RuntimeDep
+from backend.api.deps import Authenticated, BoundedBodyRoute, RuntimeDep
+from backend.api.errors import error_responses
 from backend.api.responses import accepted
 from backend.runtime.schedules import UnknownSchedule, definition, read_entries
 from backend.schemas.schedules import Schedule
 from backend.schemas.tasks import TaskStatus, task_status
 
-router = APIRouter(prefix="/api/schedules", tags=["schedules"], dependencies=Authenticated)
+router = APIRouter(
+    prefix="/api/schedules",
+    tags=["schedules"],
+    dependencies=Authenticated,
+    route_class=BoundedBodyRoute,
+)
 
 READ_TIMEOUT_SECONDS = 3.0
 
@@ -35,7 +41,12 @@ async def list_schedules(runtime: RuntimeDep) -> list[Schedule]:
     ]
 
 
-@router.post("/{name}/run", response_model=TaskStatus, status_code=202)
+@router.post(
+    "/{name}/run",
+    response_model=TaskStatus,
+    status_code=202,
+    responses=error_responses(404, e404="no schedule with this name"),
+)
 async def run_now(name: str, runtime: RuntimeDep, response: Response) -> TaskStatus:
     try:
         entry = definition(runtime.celery, name)

@@ -7,16 +7,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from backend.api.deps import Authenticated, IdempotencyKey, RuntimeDep
+from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
+from backend.api.errors import error_responses
 from backend.api.responses import accepted
 from backend.constants import State, TaskName
 from backend.runtime import get_spec
-from backend.schemas.tasks import HealthCheck, TaskStatus, TaskSubmit, task_status
+from backend.schemas.tasks import (
+    TASK_NAME_PATTERN,
+    HealthCheck,
+    TaskIdPath,
+    TaskStatus,
+    TaskSubmit,
+    task_status,
+)
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=Authenticated)
-legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated)
+router = APIRouter(
+    prefix="/api/tasks", tags=["tasks"], dependencies=Authenticated, route_class=BoundedBodyRoute
+)
+legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated, route_class=BoundedBodyRoute)
 
-TaskId = Annotated[str, Query(max_length=64)]
+UNKNOWN_TASK = error_responses(404, e404="no task with this id")
+CANCEL = error_responses(404, 409, e404="no task with this id")
 
 HEALTH_CHECK_TIMEOUT = 5.0
 
@@ -36,14 +47,19 @@ async def health_check(runtime: RuntimeDep) -> HealthCheck:
 async def list_tasks(
     runtime: RuntimeDep,
     state: State | None = None,
-    name: Annotated[str | None, Query(max_length=100)] = None,
+    name: Annotated[str | None, Query(pattern=TASK_NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[TaskStatus]:
     runs = await runtime.recent(state=state, name=name, limit=limit)
     return [task_status(r) for r in runs]
 
 
-@router.post("", response_model=TaskStatus, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "",
+    response_model=TaskStatus,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(404, e404="no task with this name"),
+)
 async def submit_task(
     body: TaskSubmit,
     runtime: RuntimeDep,
@@ -53,8 +69,10 @@ async def submit_task(
     """Submit a diagnostic task by name; application work has its own routes."""
     if not get_spec(body.name).submittable:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.name} is not submittable"
-        )
+            422,
+            [{"loc": ["body", "name"], "msg": f"{body.name} is not submittable",
+              "type": "value_error"}],
+        )  # fmt: skip
     submission = await runtime.submit(
         body.name, body.args, priority=body.priority, idempotency_key=idempotency_key
     )
@@ -62,17 +80,22 @@ async def submit_task(
     return task_status(submission.run)
 
 
-@router.get("/{task_id}", response_model=TaskStatus)
-async def get_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+@router.get("/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK)
+async def get_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     return task_status(await runtime.status(task_id))
 
 
-@router.delete("/{task_id}", response_model=TaskStatus, status_code=status.HTTP_202_ACCEPTED)
-async def cancel_task(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+@router.delete(
+    "/{task_id}",
+    response_model=TaskStatus,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=CANCEL,
+)
+async def cancel_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     return task_status(await runtime.cancel(task_id))
 
 
-@legacy_router.get("/task/{task_id}", response_model=TaskStatus)
-async def get_task_legacy(task_id: str, runtime: RuntimeDep) -> TaskStatus:
+@legacy_router.get("/task/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK)
+async def get_task_legacy(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     """The older clients' path; same as GET /api/tasks/{task_id}."""
     return task_status(await runtime.status(task_id))

@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, Field
 
-MAX_CONTENT_BYTES = 64 * 1024
+from backend.schemas.types import NO_NUL, NOT_BLANK, storable
+
+MAX_CONTENT_CHARS = 64 * 1024
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 SessionIdPath = Annotated[
@@ -19,15 +21,22 @@ SessionIdPath = Annotated[
 
 def _content(value: str) -> str:
     if not value.strip():
-        raise ValueError("must not be empty")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if len(value.encode()) > MAX_CONTENT_BYTES:
-        raise ValueError(f"must be at most {MAX_CONTENT_BYTES} bytes of UTF-8")
-    return value
+        raise ValueError("must not be blank")
+    return storable(value)
 
 
-Content = Annotated[str, AfterValidator(_content)]
+# 1 to 64 Ki characters, not blank, no NUL, valid Unicode. The schema says so too (the
+# pattern and the NUL rule are checked by the validator, with readable messages).
+Content = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_CONTENT_CHARS,
+        json_schema_extra={"pattern": NOT_BLANK, **NO_NUL},
+        description=f"the text: not blank, at most {MAX_CONTENT_CHARS} characters",
+    ),
+    AfterValidator(_content),
+]
 
 
 class MessageIn(BaseModel):

@@ -7,20 +7,23 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, Field
 
+from backend.schemas.types import JSON_INTEGER
+
 DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 COLUMN_PATTERN = r"^[^\x00-\x1f,]{1,200}$"
 
 DatasetPath = Annotated[str, Path(pattern=DATASET_PATTERN)]
-Priority = Annotated[int, Field(ge=0, le=9, description="9 runs first")]
+Priority = Annotated[int, Field(ge=0, le=9, description="9 runs first"), JSON_INTEGER]
+FileId = Annotated[int, Field(ge=1, le=2**31 - 1), JSON_INTEGER]
 
 
 class SyncSingle(BaseModel):
-    file_id: int = Field(ge=1, le=2**31 - 1)
+    file_id: FileId
     priority: Priority = 5
 
 
 class SyncBatch(BaseModel):
-    file_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=500)
+    file_ids: list[FileId] = Field(min_length=1, max_length=500)
     priority: Priority = 5
 
 
@@ -33,6 +36,12 @@ class SyncAccepted(BaseModel):
 
 class BatchAccepted(BaseModel):
     task_ids: list[str]
+
+
+class FileAccepted(BaseModel):
+    """Registration still running: its result will hold the ``file_id``."""
+
+    task_id: str
 
 
 class FileRegistered(BaseModel):

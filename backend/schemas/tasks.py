@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, Field
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, Field
+
+from backend.schemas.types import JSON_INTEGER, storable
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+TaskIdPath = Annotated[
+    str,
+    Path(pattern=TASK_ID_PATTERN, description="a task id (letters, digits and . _ : -, ≤ 64)"),
+]
 
 
 class Progress(BaseModel):
@@ -67,12 +78,37 @@ def task_status(run: _Run) -> TaskStatus:
     )
 
 
+MAX_ARGS_DEPTH = 16
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """Arguments are stored in the ledger as JSON: text the databases can store (no NUL,
+    no unpaired surrogates), no NaN or infinities (not JSON), no absurd nesting."""
+    if depth > MAX_ARGS_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_ARGS_DEPTH} levels")
+    if isinstance(value, str):
+        storable(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or infinite numbers")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key, depth + 1)
+            _storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item, depth + 1)
+    return value
+
+
+TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
 class TaskSubmit(BaseModel):
     """Submit a diagnostic task by name (``system.noop``, ``system.sleep``)."""
 
-    name: str = Field(max_length=100)
-    args: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=5, ge=0, le=9)
+    name: str = Field(pattern=TASK_NAME_PATTERN)
+    args: Annotated[dict[str, Any], AfterValidator(_storable)] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=0, le=9), JSON_INTEGER] = 5
 
 
 class HealthCheck(BaseModel):
