@@ -67,6 +67,8 @@ class Executor(StrEnum):
 REDIS_PREFIX = "syncq:"
 # Sorted set of live worker node names scored by their last heartbeat (unix seconds).
 WORKERS_KEY = REDIS_PREFIX + "workers"
+# How often a worker beats into WORKERS_KEY (seconds).
+PRESENCE_INTERVAL = 5.0
 # Set once per Redis lifetime; its absence tells the recovery sweep that Redis lost its data.
 BROKER_EPOCH_KEY = REDIS_PREFIX + "broker-epoch"
 # Stream of task events (XADD, capped): what GET /api/events serves and replays from.

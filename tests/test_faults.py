@@ -166,3 +166,25 @@ def test_submissions_are_503_when_the_database_is_unreachable(
             assert c.get("/api/tasks/anything").status_code == 503
     finally:
         broken.stop()
+
+
+@pytest.mark.slow
+def test_a_message_taken_by_a_worker_that_died_before_starting_it_is_sent_again(
+    client: httpx.Client, start_worker: StartWorker, redis_up: RedisServer
+) -> None:
+    """kill -9 between a worker taking a message and claiming its row leaves the row
+    PENDING with its message out of every queue (kombu gives it back only after the
+    visibility timeout): the sweep notices the silent worker and sends it again."""
+    r = redis_up.client()
+    task_id = submit(client, "system.noop")["task_id"]
+    taken = [k for k in r.scan_iter("default*") if r.delete(k)]  # the worker took it...
+    assert taken
+    r.zadd("syncq:workers", {"ghost@nowhere": time.time()})  # ...and beat its last
+
+    time.sleep(3)
+    assert status(client, task_id)["state"] == "PENDING"  # not overdue yet: nothing re-sent
+    start_worker()
+    done = wait_state(client, task_id, "SUCCESS", timeout=60)
+
+    assert done["attempts"] == 1
+    assert r.zscore("syncq:workers", "ghost@nowhere") is None  # noticed once, then forgotten

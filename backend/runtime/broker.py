@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from backend.config import Settings
 from backend.constants import BROKER_EPOCH_KEY, EVENTS_STREAM, WORKERS_KEY
-from backend.runtime.events import STREAM_MAXLEN, stream_fields
+from backend.runtime.events import STREAM_MAXLEN, STREAM_TTL_SECONDS, stream_fields
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,12 @@ class Broker:
     async def add_event(self, kind: str, data: dict[str, Any]) -> bool:
         """Append to the capped events stream; False when Redis did not take it."""
         try:
-            await self._redis.xadd(
-                EVENTS_STREAM,
-                stream_fields(kind, data),
-                maxlen=STREAM_MAXLEN,
-                approximate=True,
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    EVENTS_STREAM, stream_fields(kind, data), maxlen=STREAM_MAXLEN, approximate=True
+                )
+                pipe.expire(EVENTS_STREAM, STREAM_TTL_SECONDS)  # gone when nothing happens
+                await pipe.execute()
         except (RedisError, OSError):
             return False
         return True
@@ -138,6 +138,20 @@ class Broker:
         except (RedisError, OSError):
             return False
         return bool(created)
+
+    async def take_dead_workers(self) -> float | None:
+        """Workers that stopped beating without leaving (kill -9, a lost machine): each is
+        removed from the presence set by exactly one caller (ZREM answers 1 once), who gets
+        the latest time any of them was seen (unix seconds); None when there are none."""
+        dead: Any
+        try:
+            dead = await self._redis.zrangebyscore(
+                WORKERS_KEY, "-inf", time.time() - WORKER_SEEN_WITHIN, withscores=True
+            )
+            seen = [score for node, score in dead if await self._redis.zrem(WORKERS_KEY, node)]
+        except (RedisError, OSError):
+            return None
+        return float(max(seen)) if seen else None
 
     async def worker_count(self) -> int:
         try:

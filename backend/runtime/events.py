@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 10_000
+STREAM_TTL_SECONDS = 7 * 24 * 3600
 NOTIFICATION_QUEUE = Queue.DATABASE.value
 
 

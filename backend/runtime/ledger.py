@@ -392,11 +392,12 @@ async def find_orphans(
     *,
     lease: timedelta,
     pending_after: timedelta | None,
+    sent_before: datetime | None = None,
     limit: int = 500,
 ) -> list[Orphan]:
     """Rows nobody is carrying: a running row whose lease expired, a local row whose holder
-    stopped heartbeating, and (when ``pending_after`` is given) a celery row still waiting
-    long after its message was sent."""
+    stopped heartbeating, and a celery row still waiting long after its message was sent
+    (``pending_after``) or sent before a worker died holding messages (``sent_before``)."""
     now = utcnow()
     silent = or_(TaskRun.heartbeat_at.is_(None), TaskRun.heartbeat_at < now - lease)
     conditions = [
@@ -408,12 +409,15 @@ async def find_orphans(
             silent,
         ),
     ]
-    if pending_after is not None:
+    cutoffs = [] if pending_after is None else [now - pending_after]
+    if sent_before is not None:
+        cutoffs.append(sent_before)
+    if cutoffs:
         conditions.append(
             and_(
                 TaskRun.state.in_(WAITING_STATES),
                 TaskRun.executor == Executor.CELERY,
-                TaskRun.dispatched_at < now - pending_after,
+                TaskRun.dispatched_at < max(cutoffs),
             )
         )
     query = (

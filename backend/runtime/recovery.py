@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from backend.config import Settings
 from backend.constants import State
@@ -29,6 +29,7 @@ class RecoveryReport:
     redispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     broker_lost_data: bool = False
+    worker_lost_at: datetime | None = None
 
 
 async def recover(
@@ -38,18 +39,26 @@ async def recover(
     dispatch: Dispatch,
     announce: Announce,
     broker_lost_data: bool = False,
+    worker_lost_at: datetime | None = None,
 ) -> RecoveryReport:
     """``dispatch`` sends one orphan again and returns the executor used (None: could not).
 
     ``broker_lost_data`` (Redis came back empty) makes every waiting Celery task an orphan
-    at once; otherwise one counts only after ``pending_redispatch_seconds``.
+    at once; otherwise one counts only after ``pending_redispatch_seconds``, or, when a
+    worker died without saying goodbye (``worker_lost_at``: when it was last seen), once
+    it was sent before that: the dead worker may have taken its message with it (kombu
+    gives such messages back only after the visibility timeout). Re-sending one that was
+    still queued costs a duplicate message, which the claim skips.
     """
-    report = RecoveryReport(broker_lost_data=broker_lost_data)
+    report = RecoveryReport(broker_lost_data=broker_lost_data, worker_lost_at=worker_lost_at)
     lease = timedelta(seconds=settings.lease_seconds)
     pending_after = timedelta(
         seconds=0 if broker_lost_data else settings.pending_redispatch_seconds
     )
-    for orphan in await ledger.find_orphans(sessions, lease=lease, pending_after=pending_after):
+    orphans = await ledger.find_orphans(
+        sessions, lease=lease, pending_after=pending_after, sent_before=worker_lost_at
+    )
+    for orphan in orphans:
         if orphan.attempts >= settings.max_attempts:
             error = {
                 "type": "WorkerLost",

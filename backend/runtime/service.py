@@ -12,13 +12,13 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
 
 from backend.config import Settings
-from backend.constants import FINAL_STATES, Executor, TaskName
+from backend.constants import FINAL_STATES, PRESENCE_INTERVAL, Executor, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.runtime import ledger
@@ -255,16 +255,30 @@ class Runtime:
 
     # -- recovery --------------------------------------------------------------------
 
-    async def recover(self) -> RecoveryReport:
+    async def recover(self, *, worker_last_seen: float | None = None) -> RecoveryReport:
+        """``worker_last_seen``: a worker starting under the name of one that died says
+        when that one was last seen (runtime/worker.py)."""
         broker_up = await self.broker.probe()
         lost = await self.broker.lost_its_data() if broker_up else False
+        dead_seen = await self.broker.take_dead_workers() if broker_up else None
+        if worker_last_seen is not None:
+            dead_seen = max(dead_seen or 0.0, worker_last_seen)
         return await recover(
             sessions=self.sessions,
             settings=self.settings,
             dispatch=self._redispatch,
             announce=self._announce,
             broker_lost_data=lost,
+            worker_lost_at=self._since(dead_seen),
         )
+
+    @staticmethod
+    def _since(last_seen: float | None) -> datetime | None:
+        """A worker last seen at t may have lived, and taken messages, until its next beat
+        was due; a beat of slack on top costs at most a duplicate the claim skips."""
+        if last_seen is None:
+            return None
+        return datetime.fromtimestamp(last_seen + 2 * PRESENCE_INTERVAL, UTC)
 
     async def _redispatch(self, orphan: ledger.Orphan) -> str | None:
         try:

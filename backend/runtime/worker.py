@@ -22,7 +22,7 @@ from celery.exceptions import Ignore
 from celery.states import REVOKED
 
 from backend.config import Settings, get_settings
-from backend.constants import WORKERS_KEY, Executor
+from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
 from backend.db.engine import get_session_factory
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
@@ -122,12 +122,14 @@ class _Presence:
                 now = time.time()
                 pipe = self.client.pipeline()
                 pipe.zadd(WORKERS_KEY, {self.node: now})
-                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 60)
-                pipe.expire(WORKERS_KEY, 60)
+                # A silent entry is left for the recovery sweep to notice (and remove):
+                # it means a worker died holding messages. Only very old ones go here.
+                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - PRESENCE_KEPT)
+                pipe.expire(WORKERS_KEY, PRESENCE_KEPT)
                 pipe.execute()
             except redis.RedisError:
                 pass
-            self.stopped.wait(5)
+            self.stopped.wait(PRESENCE_INTERVAL)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -136,6 +138,7 @@ class _Presence:
 
 
 _presence: _Presence | None = None
+PRESENCE_KEPT = 3600  # seconds a silent worker's entry waits for a sweep to notice it
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
@@ -143,11 +146,17 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     node = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
     _presence = _Presence(settings, node)
+    # Still listed: the last worker of this name died without leaving (a clean stop
+    # removes it), maybe holding messages; the startup sweep re-sends what it might have had.
+    try:
+        last_seen = _presence.client.zscore(WORKERS_KEY, node)
+    except redis.RedisError:
+        last_seen = None
     _presence.thread.start()
-    _recover_at_start(sender.app if sender is not None else None, settings)
+    _recover_at_start(sender.app if sender is not None else None, settings, last_seen)
 
 
-def _recover_at_start(app: Celery | None, settings: Settings) -> None:
+def _recover_at_start(app: Celery | None, settings: Settings, last_seen: float | None) -> None:
     from backend.runtime.service import Runtime
 
     if app is None:
@@ -157,7 +166,7 @@ def _recover_at_start(app: Celery | None, settings: Settings) -> None:
         runtime = Runtime(settings, app, local_fallback=False)
         try:
             await runtime.start(sweep=False)
-            report = await runtime.recover()
+            report = await runtime.recover(worker_last_seen=last_seen)
             log.info("startup recovery: %d re-dispatched", len(report.redispatched))
         finally:
             await runtime.stop()
