@@ -4,12 +4,11 @@ is killed (during local runs) and later restarted. At the end every accepted tas
 final, none is lost, no record is duplicated, conversation order is intact, and no
 request got a 500. The figures are printed and written to ``workdir/soak-<db>.json``.
 
-One setting differs from the other tests: the soak's API re-publishes a Celery task still
-waiting after 60 s (``PENDING_REDISPATCH_SECONDS``; 300 s in the other tests, 600 s by
-default). A worker killed between popping a message from Redis and claiming its row takes
-the message with it, and nothing in the ledger tells that apart from a task waiting in a
-long queue; that threshold is what recovers it. Re-publishing a task that was merely
-waiting is harmless (the claim lets only one delivery run it).
+A worker killed between popping a message from Redis and claiming its row takes the
+message with it (kombu gives it back only after the visibility timeout); the sweep notices
+the worker's silence in ``syncq:workers`` and re-sends what was waiting when it died, so
+recovery does not wait for ``PENDING_REDISPATCH_SECONDS`` (300 s here). Re-sending a task
+that was merely queued is harmless: the claim lets only one delivery run it.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ SMALL_FILE_ROWS = (20, 150)
 LARGE_FILE_ROWS = (20_000, 50_000)  # a sync of seconds, so the faults find some running
 LARGE_FILE_PROBABILITY = 0.12
 CANCEL_PROBABILITY = 0.15
-PENDING_REDISPATCH_SECONDS = 60
 BURST_MESSAGES = 300  # sent right before Redis dies and right before the API is killed
 RETRY_GIVE_UP_SECONDS = 90.0  # one request retried through faults longer than this fails
 
@@ -443,11 +441,7 @@ def test_soak_with_faults_loses_nothing_duplicates_nothing_and_never_500s(
 ) -> None:
     database = stack_env["DATABASE_URL"].split(":", 1)[0].split("+", 1)[0]
     database_url = stack_env["DATABASE_URL"]
-    api = Api(
-        stack_env | {"PENDING_REDISPATCH_SECONDS": str(PENDING_REDISPATCH_SECONDS)},
-        workdir / "logs",
-        name="api-soak",
-    )
+    api = Api(stack_env, workdir / "logs", name="api-soak")
     api.start()
     try:
         workers = Workers(start_worker, redis_up, count=2)
