@@ -50,7 +50,7 @@ router = APIRouter(
 
 REGISTER_WAIT_SECONDS = 5.0
 READ_WAIT_SECONDS = 10.0
-LOOKUP_WAIT_SECONDS = 5.0
+LOOKUP_WAIT_SECONDS = 1.0  # bounded: a busy worker must not hold up the 202
 
 UNKNOWN_FILE = error_responses(404, e404="no file with one of these ids")
 UNKNOWN_DATASET = error_responses(404, e404="no dataset with this name")
