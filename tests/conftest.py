@@ -14,7 +14,16 @@ import httpx
 import pytest
 
 from tests.helpers import EventStream
-from tests.support import TOKEN, Api, Beat, RedisServer, Worker, run_migrations, wait_for
+from tests.support import (
+    TOKEN,
+    Api,
+    Beat,
+    RedisServer,
+    Worker,
+    run_migrations,
+    serving_worker,
+    wait_for,
+)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SYNCQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -137,15 +146,10 @@ def start_worker(
 
     def start(concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
         name = f"w{uuid.uuid4().hex[:6]}"
-        worker = Worker(name, stack_env | (env or {}), workdir / "logs", concurrency)
-        worker.start()
-        started.append(worker)
-        members = redis_up.client()
-        wait_for(
-            lambda: members.zscore("syncq:workers", worker.node) is not None,
-            30,
-            what=f"worker {worker.node}\n{worker.tail()}",
+        worker = serving_worker(
+            name, stack_env | (env or {}), workdir / "logs", redis_up, concurrency
         )
+        started.append(worker)
         return worker
 
     yield start

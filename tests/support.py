@@ -148,6 +148,21 @@ class Worker(Process):
         super().__init__(args, env, logs / f"worker-{name}.log")
 
 
+def serving_worker(
+    name: str, env: dict[str, str], logs: Path, redis_server: RedisServer, concurrency: int = 1
+) -> Worker:
+    """Start a real Celery worker and return once it beats into the presence set."""
+    worker = Worker(name, env, logs, concurrency)
+    worker.start()
+    members = redis_server.client()
+    wait_for(
+        lambda: members.zscore("syncq:workers", worker.node) is not None,
+        30,
+        what=f"worker {worker.node}\n{worker.tail()}",
+    )
+    return worker
+
+
 class Beat(Process):
     def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
         args = [

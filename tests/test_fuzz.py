@@ -31,7 +31,7 @@ from schemathesis.checks import (
 )
 
 from backend.main import create_app
-from tests.support import TOKEN, Api, RedisServer, Worker, wait_for
+from tests.support import TOKEN, Api, RedisServer, Worker, serving_worker
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHECKS = [
@@ -75,13 +75,8 @@ def fuzz_worker(
     """One worker for every test of the module (one per test costs more than the fuzzing)."""
     if not redis_server.alive:
         redis_server.start()
-    worker = Worker(f"fuzz{uuid.uuid4().hex[:6]}", stack_env, workdir / "logs", concurrency=2)
-    worker.start()
-    members = redis_server.client()
-    wait_for(
-        lambda: members.zscore("syncq:workers", worker.node) is not None,
-        30,
-        what=f"worker {worker.node}\n{worker.tail()}",
+    worker = serving_worker(
+        f"fuzz{uuid.uuid4().hex[:6]}", stack_env, workdir / "logs", redis_server, 2
     )
     yield worker
     worker.stop()

@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from tests.helpers import wait_final
-from tests.support import Api, RedisServer, Worker, free_port, wait_for
+from tests.support import Api, RedisServer, Worker, free_port, serving_worker, wait_for
 
 MB = 1 << 20
 RSS_GROWTH_LIMIT = 500 * MB  # generous: the files are 100 MB; unbounded reading costs GBs
@@ -199,13 +199,8 @@ def sync_worker(
     """One worker (one pool process) for the module's syncs."""
     if not redis_server.alive:
         redis_server.start()
-    worker = Worker(f"rb{uuid.uuid4().hex[:6]}", stack_env, workdir / "logs", concurrency=1)
-    worker.start()
-    members = redis_server.client()
-    wait_for(
-        lambda: members.zscore("syncq:workers", worker.node) is not None,
-        30,
-        what=f"worker {worker.node}\n{worker.tail()}",
+    worker = serving_worker(
+        f"rb{uuid.uuid4().hex[:6]}", stack_env, workdir / "logs", redis_server, 1
     )
     yield worker
     worker.stop()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.config import get_settings
 from backend.constants import Queue, TaskName
@@ -21,6 +23,21 @@ from backend.runtime.context import TaskContext
 from backend.runtime.registry import task
 
 RESULT_KEY = "celery-task-meta-{}"  # Celery's Redis result key for a task id
+
+
+async def purge_in_batches(
+    ctx: TaskContext, purge: Callable[[AsyncSession], Awaitable[int]]
+) -> int:
+    """One short transaction per batch and a checkpoint between batches, until one deletes
+    nothing; the total deleted."""
+    deleted = 0
+    while True:
+        await ctx.checkpoint()
+        async with ctx.session() as session, session.begin():
+            n = await purge(session)
+        deleted += n
+        if not n:
+            return deleted
 
 
 @task(TaskName.RECOVER, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
@@ -41,14 +58,10 @@ async def recover(ctx: TaskContext) -> dict[str, Any]:
 @task(TaskName.PURGE_CONVERSATIONS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def purge_conversations(ctx: TaskContext) -> dict[str, Any]:
     cutoff = utcnow() - timedelta(days=get_settings().conversation_retention_days)
-    deleted = 0
-    while True:
-        await ctx.checkpoint()
-        async with ctx.session() as session, session.begin():
-            n = await conversations.purge_older_than(session, cutoff=cutoff)
-        deleted += n
-        if not n:
-            return {"deleted_messages": deleted, "cutoff": cutoff.isoformat()}
+    deleted = await purge_in_batches(
+        ctx, lambda session: conversations.purge_older_than(session, cutoff=cutoff)
+    )
+    return {"deleted_messages": deleted, "cutoff": cutoff.isoformat()}
 
 
 @task(TaskName.PURGE_TASK_RUNS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
@@ -61,7 +74,7 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
     results = redis.Redis.from_url(
         settings.celery_result_backend, socket_timeout=2, socket_connect_timeout=1
     )
-    runs = errors = notes = 0
+    runs = 0
     longest = 0.0
     try:
         while True:
@@ -76,20 +89,12 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
                     results.delete(*(RESULT_KEY.format(i) for i in ids))
             else:
                 break
-        while True:
-            await ctx.checkpoint()
-            async with ctx.session() as session, session.begin():
-                n = await retention.purge_sync_errors(session, cutoff=errors_cutoff)
-            errors += n
-            if not n:
-                break
-        while True:
-            await ctx.checkpoint()
-            async with ctx.session() as session, session.begin():
-                n = await notifications.purge_older_than(session, cutoff=runs_cutoff)
-            notes += n
-            if not n:
-                break
+        errors = await purge_in_batches(
+            ctx, lambda session: retention.purge_sync_errors(session, cutoff=errors_cutoff)
+        )
+        notes = await purge_in_batches(
+            ctx, lambda session: notifications.purge_older_than(session, cutoff=runs_cutoff)
+        )
     finally:
         results.close()
     return {
