@@ -84,5 +84,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     for name in FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
-        foreign.handlers.clear()
-        foreign.propagate = True
+        if foreign.handlers:  # switched off (uvicorn --no-access-log) stays off
+            foreign.handlers.clear()
+            foreign.propagate = True

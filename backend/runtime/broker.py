@@ -26,6 +26,7 @@ from backend.runtime.events import STREAM_MAXLEN, STREAM_TTL_SECONDS, stream_fie
 log = logging.getLogger(__name__)
 
 WORKER_SEEN_WITHIN = 15.0
+PROBE_MISSES_FOR_DOWN = 2
 
 
 def celery_priority(priority: int) -> int:
@@ -44,6 +45,7 @@ class Broker:
             retry_on_timeout=False,
         )
         self._up = False
+        self._misses = 0
         self._checked_at = float("-inf")
         self._probe_lock = asyncio.Lock()
         self._refresh: asyncio.Task[bool] | None = None
@@ -68,12 +70,17 @@ class Broker:
             self._refresh = asyncio.ensure_future(self.probe())
 
     async def probe(self) -> bool:
+        """Ping Redis. One failed ping does not make an up broker down: on a busy machine
+        a ping can miss its short timeout while Redis is fine, and a flap would send work
+        to the local executor for nothing. A failed publish still marks it down at once."""
         async with self._probe_lock:
             try:
                 await self._redis.ping()
-                up = True
+                answered = True
             except (RedisError, OSError):
-                up = False
+                answered = False
+            self._misses = 0 if answered else self._misses + 1
+            up = answered or (self._up and self._misses < PROBE_MISSES_FOR_DOWN)
             if up != self._up:
                 log.warning("broker is %s", "up" if up else "down")
             self._up, self._checked_at = up, time.monotonic()
