@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from backend.config import Settings
+from backend.db.engine import dispose_engines
 from tests.helpers import EventStream
 from tests.support import (
     TOKEN,
@@ -43,6 +47,7 @@ FAST_TIMINGS = {
 
 
 def _postgres(sql: str, database_url: str = POSTGRES_ADMIN_URL) -> None:
+    """Run one statement on its own loop in its own thread, so async fixtures can call it."""
     import asyncpg
 
     async def run() -> None:
@@ -52,7 +57,8 @@ def _postgres(sql: str, database_url: str = POSTGRES_ADMIN_URL) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def postgres_reachable() -> bool:
@@ -76,9 +82,11 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+@contextmanager
+def scratch_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A new empty database of this kind (a SQLite file, or a PostgreSQL database dropped
+    afterwards); skips when PostgreSQL is not reachable."""
+    if kind == "sqlite":
         yield f"sqlite+aiosqlite:///{workdir / f'syncq-{uuid.uuid4().hex[:8]}.db'}"
         return
     if not postgres_reachable():
@@ -86,8 +94,39 @@ def database_url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]
     name = f"syncq_test_{uuid.uuid4().hex[:10]}"
     _postgres(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
+    with scratch_database(request.param, workdir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def body_settings(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+) -> AsyncIterator[Settings]:
+    """Settings for running task bodies in this process (backend/runtime/inprocess.py):
+    a migrated database of their own, a DATA_DIR of their own, the tests' Redis."""
+    work = tmp_path_factory.mktemp("bodies")
+    with scratch_database(request.param, work) as url:
+        env = dict(os.environ) | {"DATABASE_URL": url, "REDIS_URL": redis_server.url}
+        run_migrations(env)
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=url,
+            redis_url=redis_server.url,
+            data_dir=work / "data",
+            api_tokens=[TOKEN],
+        )
+        yield settings
+        await dispose_engines()
 
 
 @pytest.fixture(scope="session")

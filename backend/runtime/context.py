@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.config import Settings
+
 
 class TaskCancelled(Exception):
     """Raised at a checkpoint once the task was cancelled; the task ends REVOKED."""
@@ -39,6 +41,9 @@ class TaskContext:
     executor: str
     runner: str
     session_factory: async_sessionmaker[AsyncSession]
+    # The settings of whoever runs the body (worker, API, test harness): bodies read these,
+    # never get_settings(), so an app built with its own settings runs bodies with them.
+    settings: Settings
     _write_progress: ProgressWriter
     _probe_cancel: CancelProbe
     _publish: Publisher | None = None

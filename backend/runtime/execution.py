@@ -93,7 +93,9 @@ async def _execute(
     announcer: Announcer | None,
 ) -> Outcome:
     if not spec.tracked:
-        return await _run_untracked(spec, task_id, args, executor, runner, sessions, announcer)
+        return await _run_untracked(
+            spec, task_id, args, executor, runner, sessions, settings, announcer
+        )
 
     async def announce(state: State, **fields: Any) -> None:
         if announcer is not None:
@@ -139,6 +141,7 @@ async def _execute(
         executor=executor,
         runner=runner,
         session_factory=sessions,
+        settings=settings,
         _write_progress=write_progress,
         _probe_cancel=probe_cancel,
         _publish=announcer.publish if announcer is not None else None,
@@ -265,6 +268,7 @@ async def _run_untracked(
     executor: str,
     runner: str,
     sessions: ledger.Sessions,
+    settings: Settings,
     announcer: Announcer | None,
 ) -> Outcome:
     async def no_progress(current: int, total: int | None, message: str | None) -> None:
@@ -280,6 +284,7 @@ async def _run_untracked(
         executor=executor,
         runner=runner,
         session_factory=sessions,
+        settings=settings,
         _write_progress=no_progress,
         _probe_cancel=never_cancelled,
         _publish=announcer.publish if announcer is not None else None,

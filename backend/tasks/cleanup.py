@@ -15,7 +15,6 @@ from typing import Any
 import redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.config import get_settings
 from backend.constants import Queue, TaskName
 from backend.db.models.base import utcnow
 from backend.db.queries import conversations, notifications, retention
@@ -43,10 +42,10 @@ async def purge_in_batches(
 @task(TaskName.RECOVER, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def recover(ctx: TaskContext) -> dict[str, Any]:
     """The runtime's recovery sweep, run by beat so orphans are found with no API up."""
-    from backend.celery_app import app  # the app imports the tasks: import it late
+    from backend.celery_app import create_celery_app  # it imports the tasks: import it late
     from backend.runtime.service import Runtime
 
-    runtime = Runtime(get_settings(), app, local_fallback=False)
+    runtime = Runtime(ctx.settings, create_celery_app(ctx.settings), local_fallback=False)
     await runtime.start(sweep=False)
     try:
         report = await runtime.recover()
@@ -57,7 +56,7 @@ async def recover(ctx: TaskContext) -> dict[str, Any]:
 
 @task(TaskName.PURGE_CONVERSATIONS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def purge_conversations(ctx: TaskContext) -> dict[str, Any]:
-    cutoff = utcnow() - timedelta(days=get_settings().conversation_retention_days)
+    cutoff = utcnow() - timedelta(days=ctx.settings.conversation_retention_days)
     deleted = await purge_in_batches(
         ctx, lambda session: conversations.purge_older_than(session, cutoff=cutoff)
     )
@@ -68,7 +67,7 @@ async def purge_conversations(ctx: TaskContext) -> dict[str, Any]:
 async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
     """Finished ledger rows, their notifications and rejected-row records past retention,
     and the Celery results Redis still holds for those tasks (best effort: they expire)."""
-    settings = get_settings()
+    settings = ctx.settings
     runs_cutoff = utcnow() - timedelta(days=settings.task_run_retention_days)
     errors_cutoff = utcnow() - timedelta(days=settings.sync_error_retention_days)
     results = redis.Redis.from_url(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from backend.config import get_settings
 from backend.constants import Queue, TaskName
 from backend.db.models import ConversationMessage
 from backend.db.models.base import utcnow
@@ -69,7 +68,7 @@ async def run_turn(
         )
         history = await conversations.history(session, session_id=session_id)
     await ctx.checkpoint()
-    reply = await load_responder(get_settings().responder).reply(
+    reply = await load_responder(ctx.settings.responder).reply(
         session_id=session_id, history=history, user_input=user_input
     )
     async with ctx.session() as session, session.begin():

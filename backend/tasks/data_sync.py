@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from backend.config import get_settings
 from backend.constants import Queue, State, TaskName
-from backend.db.models import SyncFile
+from backend.db.models import SyncError, SyncFile
 from backend.db.models.base import utcnow
 from backend.db.queries import data_sync as q
 from backend.files import readers, storage
@@ -61,15 +60,20 @@ def file_out(f: SyncFile) -> dict[str, Any]:
 async def _register(
     ctx: TaskContext, stored: storage.StoredFile, dataset: str, key_columns: list[str]
 ) -> dict[str, Any]:
-    """Record a stored file; the same bytes again give the first file (duplicate)."""
-    with stored.path.open("rb") as f:
-        head = f.read(8)
-    fmt = readers.detect_format(stored.original_name, head)
+    """Record a stored file; the same bytes again give the first file (duplicate).
+
+    Safe to run twice: a row with these bytes that points at *this* stored file is this
+    registration's own earlier run (a redelivery after it committed), so it answers as
+    that run did and keeps the file. Only a copy of bytes already registered from another
+    file is a duplicate, and only that copy is removed.
+    """
     async with ctx.session() as session, session.begin():
         first = await q.file_by_checksum(session, dataset=dataset, checksum=stored.checksum)
         if first is not None:
-            stored.path.unlink(missing_ok=True)
-            return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
+            return _settle_existing(first, stored)
+        if not await asyncio.to_thread(stored.path.is_file):
+            raise BadFile(f"the stored file {stored.path.name} is missing")
+        fmt = readers.detect_format(stored.original_name, await _head(stored.path))
         existing = await q.get_dataset(session, name=dataset)
         if existing is None and not key_columns:
             raise BadFile(f"dataset {dataset!r} is new: give its key_columns")
@@ -89,7 +93,27 @@ async def _register(
             dataset=dataset,
             registered_at=utcnow(),
         )
-        return {"file_id": row.id, "duplicate": False, "dataset": dataset, "format": fmt}
+        return _registered(row, duplicate=False)
+
+
+async def _head(path: Path) -> bytes:
+    def read() -> bytes:
+        with path.open("rb") as f:
+            return f.read(8)
+
+    return await asyncio.to_thread(read)
+
+
+def _registered(row: SyncFile, *, duplicate: bool) -> dict[str, Any]:
+    return {"file_id": row.id, "duplicate": duplicate, "dataset": row.dataset, "format": row.format}
+
+
+def _settle_existing(first: SyncFile, stored: storage.StoredFile) -> dict[str, Any]:
+    """``first`` holds these bytes already: our own earlier run, or a true duplicate."""
+    if Path(first.stored_path) == stored.path:
+        return _registered(first, duplicate=False)
+    stored.path.unlink(missing_ok=True)
+    return _registered(first, duplicate=True)
 
 
 @task(TaskName.REGISTER_FILE, queue=Queue.DATABASE)
@@ -106,12 +130,12 @@ async def register_file(
     try:
         return await _register(ctx, stored, dataset, key_columns)
     except IntegrityError:
+        # Another registration of the same bytes committed first.
         async with ctx.session() as session:
             first = await q.file_by_checksum(session, dataset=dataset, checksum=checksum)
         if first is None:
             raise
-        stored.path.unlink(missing_ok=True)
-        return {"file_id": first.id, "duplicate": True, "dataset": first.dataset}
+        return _settle_existing(first, stored)
 
 
 @task(TaskName.SCAN_INBOX, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
@@ -121,7 +145,7 @@ async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
     A dataset folder may hold a ``.keys`` file (comma-separated key columns) for a new
     dataset; files that cannot be registered are moved to ``<dataset>/.rejected/``.
     """
-    data_dir = get_settings().data_dir
+    data_dir = ctx.settings.data_dir
     inbox = storage.inbox_dir(data_dir)
     report: dict[str, list[Any]] = {"registered": [], "duplicates": [], "rejected": []}
     if not inbox.is_dir():
@@ -189,7 +213,7 @@ def _next_batch(
 
 @task(TaskName.SYNC_FILE, queue=Queue.DATA_SYNC)
 async def sync_file(ctx: TaskContext, file_id: int) -> dict[str, Any]:
-    settings = get_settings()
+    settings = ctx.settings
     async with ctx.session() as session:
         f = await q.get_file(session, file_id=file_id)
         if f is None:
@@ -197,6 +221,12 @@ async def sync_file(ctx: TaskContext, file_id: int) -> dict[str, Any]:
         dataset = await q.get_dataset(session, name=f.dataset)
         checkpoint = await q.get_checkpoint(session, task_id=ctx.task_id)
     assert dataset is not None
+    if f.last_sync_task_id == ctx.task_id and f.last_sync_state == State.SUCCESS:
+        # This very task finished the sync already (a redelivery after its commit): answer
+        # as it did, rather than read the file again and report every row as unchanged.
+        async with ctx.session() as session:
+            errors = await q.errors_for(session, file_id=f.id, limit=100)
+        return _summary(f, q.Counts.of_file(f), errors)
     keys = list(dataset.key_columns)
     try:
         return await _sync(ctx, f, keys, checkpoint, settings.sync_batch_size)
@@ -270,6 +300,10 @@ async def _sync(
         )
         await q.drop_checkpoint(session, task_id=ctx.task_id)
         errors = await q.errors_for(session, file_id=f.id, limit=100)
+    return _summary(f, counts, errors)
+
+
+def _summary(f: SyncFile, counts: q.Counts, errors: Sequence[SyncError]) -> dict[str, Any]:
     return {
         "file_id": f.id,
         "dataset": f.dataset,

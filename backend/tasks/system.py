@@ -52,6 +52,7 @@ async def init_database(ctx: TaskContext) -> dict[str, Any]:
     from alembic.script import ScriptDirectory
 
     config = Config(str(ALEMBIC_INI))
+    config.attributes["database_url"] = ctx.settings.database_url
     # env.py runs its own event loop; keep it off this one.
     await asyncio.to_thread(command.upgrade, config, "head")
     return {"revision": ScriptDirectory.from_config(config).get_current_head()}

@@ -35,6 +35,11 @@ class Counts:
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    @classmethod
+    def of_file(cls, f: SyncFile) -> Counts:
+        """The counts a file's last finished sync recorded."""
+        return cls(f.rows_read, f.rows_inserted, f.rows_updated, f.rows_unchanged, f.rows_rejected)
+
 
 @dataclass
 class PreparedRow:
