@@ -54,12 +54,10 @@ def create_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_track_started=True,
         # The soft limit is enforced on the task's event loop (runtime/execution.py); the
         # hard limit kills a process whose body blocked its loop.
         task_time_limit=settings.task_time_limit,
         result_expires=settings.result_expires_seconds,
-        result_extended=True,
         task_default_priority=4,
         broker_connection_retry_on_startup=True,
         broker_transport_options={

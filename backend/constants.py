@@ -37,7 +37,6 @@ class TaskName(StrEnum):
     LIST_FILES = "data_sync.list_files"
     DATASET_SUMMARY = "data_sync.dataset_summary"
     LIST_RECORDS = "data_sync.list_records"
-    RECORD_NOTIFICATION = "notifications.record"
     LIST_NOTIFICATIONS = "notifications.list"
 
 

@@ -163,19 +163,8 @@ async def _records(settings: Settings) -> dict[str, Any]:
     return {"dataset": dataset, "limit": 10, "offset": 0}
 
 
-@case(TaskName.RECORD_NOTIFICATION)
-async def _notify(settings: Settings) -> dict[str, Any]:
-    return {
-        "task_id": str(uuid.uuid4()),
-        "task_name": str(TaskName.SYNC_FILE),
-        "state": "FAILURE",
-        "error": {"type": "BadFile", "message": "no"},
-    }
-
-
 @case(TaskName.LIST_NOTIFICATIONS)
 async def _notifications(settings: Settings) -> dict[str, Any]:
-    await run_body(TaskName.RECORD_NOTIFICATION, await _notify(settings), settings=settings)
     return {"limit": 10}
 
 
@@ -221,7 +210,6 @@ async def test_a_second_run_deletes_doubles_and_undoes_nothing(
 REPORTS_ITS_OWN_RUN = {
     TaskName.DELETE_CONVERSATION_HISTORY,
     TaskName.SCAN_INBOX,
-    TaskName.RECORD_NOTIFICATION,
     TaskName.PURGE_CONVERSATIONS,
     TaskName.PURGE_TASK_RUNS,
     TaskName.RECOVER,

@@ -163,3 +163,47 @@ def test_every_redis_key_syncq_or_celery_results_write_expires(
 
     assert any(k.startswith("celery-task-meta-") for k in ours)
     assert {k: r.ttl(k) for k in ours if r.ttl(k) <= 0} == {}
+
+
+def test_a_poll_with_the_etag_it_was_given_is_304_until_the_task_changes(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    task = submit(client, "system.noop")
+    first = client.get(f"/api/tasks/{task['task_id']}")
+    etag = first.headers["ETag"]
+
+    unchanged = client.get(f"/api/tasks/{task['task_id']}", headers={"If-None-Match": etag})
+    start_worker()
+    wait_state(client, task["task_id"], "SUCCESS")
+    changed = client.get(f"/api/tasks/{task['task_id']}", headers={"If-None-Match": etag})
+
+    assert first.json()["state"] == "PENDING"
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    assert unchanged.headers["ETag"] == etag
+    assert changed.status_code == 200
+    assert changed.json()["state"] == "SUCCESS"
+    assert changed.headers["ETag"] != etag
+
+
+def test_a_long_poll_answers_as_soon_as_the_task_changes(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    task = submit(client, "system.noop")
+    path = f"/api/tasks/{task['task_id']}"
+    etag = client.get(path).headers["ETag"]
+
+    started = time.monotonic()
+    timed_out = client.get(path, params={"wait": 0.5}, headers={"If-None-Match": etag})
+    waited_out = time.monotonic() - started
+    start_worker()
+    started = time.monotonic()
+    answered = client.get(path, params={"wait": 25}, headers={"If-None-Match": etag}, timeout=30)
+    waited_for_change = time.monotonic() - started
+
+    assert timed_out.status_code == 304
+    assert waited_out >= 0.5
+    assert answered.status_code == 200
+    assert answered.json()["state"] in {"STARTED", "SUCCESS"}
+    assert waited_for_change < 20
+    final = client.get(path, params={"wait": 25}, timeout=30).json()
+    assert final["state"] == "SUCCESS"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
-from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
+from backend.api.responses import STILL_RUNNING, result_or_accepted, submitted
 from backend.constants import TaskName
 from backend.runtime import Runtime
 from backend.schemas.conversations import (
@@ -21,7 +21,7 @@ from backend.schemas.conversations import (
     RunOut,
     SessionIdPath,
 )
-from backend.schemas.tasks import TaskStatus, task_status
+from backend.schemas.tasks import TaskStatus
 
 router = APIRouter(
     prefix="/api/conversations",
@@ -46,9 +46,8 @@ async def save_message(
     session_id: SessionIdPath,
     message: MessageIn,
     runtime: RuntimeDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> TaskStatus:
+) -> Response:
     submission = await runtime.submit(
         TaskName.SAVE_CONVERSATION,
         {
@@ -59,8 +58,7 @@ async def save_message(
         },
         idempotency_key=idempotency_key,
     )
-    accepted(response, submission.run.id)
-    return task_status(submission.run)
+    return submitted(submission.run)
 
 
 async def _read(runtime: Runtime, session_id: str, wait: float) -> Any:
@@ -74,14 +72,11 @@ async def read_conversation(session_id: SessionIdPath, runtime: RuntimeDep, wait
 
 
 @router.delete("/{session_id}", response_model=TaskStatus, status_code=202)
-async def delete_conversation(
-    session_id: SessionIdPath, runtime: RuntimeDep, response: Response
-) -> TaskStatus:
+async def delete_conversation(session_id: SessionIdPath, runtime: RuntimeDep) -> Response:
     submission = await runtime.submit(
         TaskName.DELETE_CONVERSATION_HISTORY, {"session_id": session_id}
     )
-    accepted(response, submission.run.id)
-    return task_status(submission.run)
+    return submitted(submission.run)
 
 
 @legacy_router.get("/history", response_model=Conversation, responses=STILL_RUNNING)

@@ -16,6 +16,8 @@ from backend.api.deps import (
     Authenticated,
     BoundedBodyRoute,
     IdempotencyKey,
+    IfNoneMatch,
+    PollWait,
     RuntimeDep,
     SettingsDep,
 )
@@ -178,9 +180,15 @@ async def sync_batch(body: SyncBatch, runtime: RuntimeDep) -> BatchAccepted:
     return BatchAccepted(task_ids=task_ids)
 
 
-@router.get("/task-status/{task_id}", response_model=TaskStatus, responses=tasks.UNKNOWN_TASK)
-async def task_status(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
-    return await tasks.get_task(task_id, runtime)
+@router.get(
+    "/task-status/{task_id}",
+    response_model=TaskStatus,
+    responses=tasks.UNKNOWN_TASK | tasks.NOT_MODIFIED,
+)
+async def task_status(
+    task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
+) -> Response:
+    return await tasks.get_task(task_id, runtime, wait, if_none_match)
 
 
 @router.delete(

@@ -8,10 +8,10 @@ from fastapi import APIRouter, HTTPException, Response
 
 from backend.api.deps import Authenticated, BoundedBodyRoute, RuntimeDep
 from backend.api.errors import error_responses
-from backend.api.responses import accepted
+from backend.api.responses import submitted
 from backend.runtime.schedules import UnknownSchedule, definition, read_entries
 from backend.schemas.schedules import Schedule
-from backend.schemas.tasks import TaskStatus, task_status
+from backend.schemas.tasks import TaskStatus
 
 router = APIRouter(
     prefix="/api/schedules",
@@ -47,11 +47,10 @@ async def list_schedules(runtime: RuntimeDep) -> list[Schedule]:
     status_code=202,
     responses=error_responses(404, e404="no schedule with this name"),
 )
-async def run_now(name: str, runtime: RuntimeDep, response: Response) -> TaskStatus:
+async def run_now(name: str, runtime: RuntimeDep) -> Response:
     try:
         entry = definition(runtime.celery, name)
     except UnknownSchedule:
         raise HTTPException(404, f"no schedule named {name!r}") from None
     submission = await runtime.submit(entry["task"], dict(entry.get("kwargs") or {}))
-    accepted(response, submission.run.id)
-    return task_status(submission.run)
+    return submitted(submission.run)

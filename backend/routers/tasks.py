@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
+from backend.api.deps import (
+    Authenticated,
+    BoundedBodyRoute,
+    IdempotencyKey,
+    IfNoneMatch,
+    PollWait,
+    RuntimeDep,
+)
 from backend.api.errors import error_responses
-from backend.api.responses import accepted
+from backend.api.responses import status_response, submitted
 from backend.constants import State, TaskName
 from backend.runtime import get_spec
 from backend.schemas.tasks import (
@@ -27,6 +34,9 @@ router = APIRouter(
 legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated, route_class=BoundedBodyRoute)
 
 UNKNOWN_TASK = error_responses(404, e404="no task with this id")
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "unchanged since the ETag given in If-None-Match"}
+}
 CANCEL = error_responses(404, 409, e404="no task with this id")
 
 HEALTH_CHECK_TIMEOUT = 5.0
@@ -63,9 +73,8 @@ async def list_tasks(
 async def submit_task(
     body: TaskSubmit,
     runtime: RuntimeDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> TaskStatus:
+) -> Response:
     """Submit a diagnostic task by name; application work has its own routes."""
     if not get_spec(body.name).submittable:
         raise HTTPException(
@@ -76,13 +85,17 @@ async def submit_task(
     submission = await runtime.submit(
         body.name, body.args, priority=body.priority, idempotency_key=idempotency_key
     )
-    accepted(response, submission.run.id)
-    return task_status(submission.run)
+    return submitted(submission.run)
 
 
-@router.get("/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK)
-async def get_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
-    return task_status(await runtime.status(task_id))
+@router.get("/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK | NOT_MODIFIED)
+async def get_task(
+    task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
+) -> Response:
+    """The task's status. With ``If-None-Match`` (the ETag of an earlier answer) an
+    unchanged status is a 304; with ``wait`` the call answers as soon as it changes."""
+    view = await runtime.status_view(task_id, wait=wait, known=if_none_match)
+    return status_response(view, if_none_match)
 
 
 @router.delete(
@@ -95,7 +108,11 @@ async def cancel_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
     return task_status(await runtime.cancel(task_id))
 
 
-@legacy_router.get("/task/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK)
-async def get_task_legacy(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
+@legacy_router.get(
+    "/task/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK | NOT_MODIFIED
+)
+async def get_task_legacy(
+    task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
+) -> Response:
     """The older clients' path; same as GET /api/tasks/{task_id}."""
-    return task_status(await runtime.status(task_id))
+    return await get_task(task_id, runtime, wait, if_none_match)

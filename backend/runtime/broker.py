@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -120,13 +121,18 @@ class Broker:
             return False
         return True
 
-    async def add_event(self, kind: str, data: dict[str, Any]) -> bool:
-        """Append to the capped events stream; False when Redis did not take it."""
+    async def add_events(self, items: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+        """Append to the capped events stream in one round trip; False when Redis did not
+        take them."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(
-                    EVENTS_STREAM, stream_fields(kind, data), maxlen=STREAM_MAXLEN, approximate=True
-                )
+                for kind, data in items:
+                    pipe.xadd(
+                        EVENTS_STREAM,
+                        stream_fields(kind, data),
+                        maxlen=STREAM_MAXLEN,
+                        approximate=True,
+                    )
                 pipe.expire(EVENTS_STREAM, STREAM_TTL_SECONDS)  # gone when nothing happens
                 await pipe.execute()
         except (RedisError, OSError):

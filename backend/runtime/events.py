@@ -1,7 +1,8 @@
 """Task events: every state change, told to whoever listens (GET /api/events).
 
-The ledger is the truth; events are the news. Runners append each change to a capped Redis
-stream (``syncq:events``) rather than PUBLISH it: a stream keeps the last few thousand
+The ledger is the truth; events are the news (a notification is a row written by the
+transaction that ends a task; the stream only tells of it). Runners append each change to a
+capped Redis stream (``syncq:events``) rather than PUBLISH it: a stream keeps the last few thousand
 entries, so a client that reconnects with ``Last-Event-ID`` gets what it missed, and the
 entry id is that Last-Event-ID. When Redis is down, the API process (whose local executor
 is then the only runner) hands its events straight to its own listeners instead.
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from backend.constants import FINAL_STATES, Queue, TaskName
+from backend.constants import FINAL_STATES
 
 if TYPE_CHECKING:
     from backend.runtime.broker import Broker
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 10_000
 STREAM_TTL_SECONDS = 7 * 24 * 3600
-NOTIFICATION_QUEUE = Queue.DATABASE.value
 
 
 @dataclass(frozen=True)
@@ -49,24 +49,7 @@ class TaskEvent:
         return asdict(self)
 
 
-def notification_args(event: TaskEvent) -> dict[str, Any]:
-    """The arguments of the notifications.record task for a task that ended."""
-    return {
-        "task_id": event.task_id,
-        "task_name": event.name,
-        "state": event.state,
-        "error": event.error,
-    }
-
-
-def wants_notification(event: TaskEvent) -> bool:
-    """Every task that ends, except the notification task itself (that would never end)
-    and the successes of scheduled housekeeping (one row a minute says nothing)."""
-    from backend.runtime.registry import get_spec
-
-    if not event.final or event.name == TaskName.RECORD_NOTIFICATION:
-        return False
-    return not (event.state == "SUCCESS" and get_spec(event.name).scheduled)
+Item = tuple[str, dict[str, Any]]  # (kind, data): "task" or "notification"
 
 
 class Fallback(Protocol):
@@ -74,47 +57,35 @@ class Fallback(Protocol):
 
     def deliver(self, kind: str, data: dict[str, Any]) -> None: ...
 
-    def run_locally(self, task_id: str, name: str, args: dict[str, Any]) -> None: ...
-
 
 class Announcer:
-    """Appends events to the stream and, for a task that ended, sends the task that records
-    its notification. Used by workers and by any runtime without local listeners.
+    """Appends events to the stream: what one run has to tell goes in one round trip
+    (its state changes and the notification its finishing transaction recorded).
 
-    ``fallback`` (the API's hub) takes events and notifications Redis could not.
+    ``fallback`` (the API's hub) takes the events Redis could not.
     """
 
     def __init__(self, broker: Broker, fallback: Fallback | None = None) -> None:
         self.broker = broker
         self.fallback = fallback
 
-    async def __call__(self, event: TaskEvent) -> None:
-        await self.publish("task", event.as_dict())
-        if wants_notification(event):
-            await self.notify(event)
+    async def __call__(self, *events: TaskEvent, notices: Sequence[dict[str, Any]] = ()) -> None:
+        items = [("task", e.as_dict()) for e in events]
+        items += [("notification", n) for n in notices]
+        await self.publish_many(items)
 
     async def publish(self, kind: str, data: dict[str, Any]) -> None:
-        redis_first = self.fallback is None or self.broker.up
-        if redis_first and await self.broker.add_event(kind, data):
-            return
-        if self.fallback is not None:
-            self.fallback.deliver(kind, data)
+        await self.publish_many([(kind, data)])
 
-    async def notify(self, event: TaskEvent) -> None:
-        args = notification_args(event)
-        task_id = str(uuid.uuid4())
-        if (self.fallback is None or self.broker.up) and await self.broker.publish(
-            name=TaskName.RECORD_NOTIFICATION,
-            task_id=task_id,
-            kwargs=args,
-            queue=NOTIFICATION_QUEUE,
-            priority=3,
-        ):
+    async def publish_many(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        redis_first = self.fallback is None or self.broker.up
+        if redis_first and await self.broker.add_events(items):
             return
         if self.fallback is not None:
-            self.fallback.run_locally(task_id, TaskName.RECORD_NOTIFICATION, args)
-        else:
-            log.warning("notification for %s %s not sent", event.name, event.task_id)
+            for kind, data in items:
+                self.fallback.deliver(kind, data)
 
 
 def stream_fields(kind: str, data: dict[str, Any]) -> dict[Any, Any]:

@@ -1,16 +1,26 @@
-"""Running one delivery of a task: claim, heartbeat, run the body, record the outcome.
+"""Running one delivery of a task: claim, run the body, record the outcome.
 
 Both executors call ``execute``; it never raises for anything the body does, and tells the
 caller what to do next through its ``Outcome``:
 
-    claim ──✗──► Skipped      (duplicate delivery, cancelled before start, already done)
+    claim ──✗──► SKIPPED      (duplicate delivery, cancelled before start, already done)
       │
       ▼
-    body ──► Succeeded        (SUCCESS, result stored)
-         ├─► Failed           (FAILURE, error stored)
-         ├─► Revoked          (cancelled at a checkpoint, or by the heartbeat)
-         ├─► RetryLater(s)    (a transient error, attempts left: state RETRY, run again in s)
-         └─► Lost             (our lease was taken over; we write nothing)
+    body ──► SUCCEEDED        (SUCCESS, result stored)
+         ├─► FAILED           (FAILURE, error stored)
+         ├─► REVOKED          (cancelled at a checkpoint, or by the heartbeat)
+         ├─► RETRY(s)         (a transient error, attempts left: state RETRY, run again in s)
+         └─► LOST             (our lease was taken over; we write nothing)
+
+How the run is made durable depends on the task's mode (registry.Mode):
+
+    ATOMIC   BEGIN · claim · body · finish · notification · COMMIT         one commit
+             body raised? ROLLBACK (nothing happened) and run it LEASED instead, where
+             it commits as it goes and its own error handling applies
+    LEASED   claim (commit) │ body, committing as it goes, heartbeat keeps the lease │
+             finish · notification (commit)
+
+Events of one run go to the stream after its commit, in one round trip.
 """
 
 from __future__ import annotations
@@ -19,11 +29,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.constants import State
@@ -38,7 +50,7 @@ from backend.runtime.context import (
     error_info,
 )
 from backend.runtime.events import Announcer, TaskEvent
-from backend.runtime.registry import TaskSpec
+from backend.runtime.registry import Mode, TaskSpec, notifies
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +63,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class Kind(StrEnum):
+    SKIPPED = "skipped"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    RETRY = "retry"
+    LOST = "lost"
+
+
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # skipped | succeeded | failed | revoked | retry | lost
+    kind: Kind
     result: Any = None
     error: dict[str, Any] | None = None
     countdown: float = 0.0
@@ -77,139 +98,276 @@ async def execute(
     """Run one delivery; every line logged meanwhile (by us or the body) has its task id."""
     token = current_task_id.set(task_id)
     try:
-        return await _execute(spec, task_id, args, executor, runner, sessions, settings, announcer)
+        run = _Run(spec, task_id, args, executor, runner, sessions, settings, announcer)
+        if not spec.tracked:
+            return await run.untracked()
+        if spec.mode is Mode.ATOMIC:
+            return await run.atomic()
+        return await run.leased()
     finally:
         current_task_id.reset(token)
 
 
-async def _execute(
-    spec: TaskSpec,
-    task_id: str,
-    args: dict[str, Any],
-    executor: str,
-    runner: str,
-    sessions: ledger.Sessions,
-    settings: Settings,
-    announcer: Announcer | None,
-) -> Outcome:
-    if not spec.tracked:
-        return await _run_untracked(
-            spec, task_id, args, executor, runner, sessions, settings, announcer
-        )
+class _SoftLimit(Exception):
+    pass
 
-    async def announce(state: State, **fields: Any) -> None:
-        if announcer is not None:
-            event = TaskEvent(task_id, spec.name, state.value, executor, **fields)
-            try:
-                await announcer(event)
-            except Exception:  # news must never fail the task
-                log.warning("could not announce %s %s", state, task_id, exc_info=True)
 
-    token = str(uuid.uuid4())
-    lease = timedelta(seconds=settings.lease_seconds)
-    attempt = await ledger.claim(
-        sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
-    )
-    if attempt is None and spec.scheduled and await ledger.get(sessions, task_id) is None:
-        await ledger.adopt(sessions, task_id=task_id, name=spec.name, queue=spec.queue, args=args)
-        attempt = await ledger.claim(
-            sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
+@dataclass
+class _Run:
+    spec: TaskSpec
+    task_id: str
+    args: dict[str, Any]
+    executor: str
+    runner: str
+    sessions: ledger.Sessions
+    settings: Settings
+    announcer: Announcer | None
+    token: str = field(default_factory=lambda: str(uuid.uuid4()))
+    attempt: int = 0
+
+    # -- ATOMIC ----------------------------------------------------------------------
+
+    async def atomic(self) -> Outcome:
+        try:
+            async with ledger.engine_of(self.sessions).connect() as conn, conn.begin() as tx:
+                attempt = await ledger.claim_in(conn, **self._claim_args())
+                if attempt is None:
+                    await tx.rollback()
+                    return self._skipped()
+                self.attempt = attempt
+                result = await self._body_with_limit(self._context(_joined(conn)))
+                ending = self._ending(State.SUCCESS, result=result)
+                ended = await ledger.finish_in(
+                    conn, task_id=self.task_id, token=self.token, ending=ending
+                )
+                if not ended.done:  # cannot happen while we hold the row; be safe
+                    await tx.rollback()
+                    return Outcome(Kind.LOST)
+        except TaskCancelled:
+            return Outcome(Kind.REVOKED)
+        except _SoftLimit:
+            return await self._after_rollback(self._soft_limit_error())
+        except Exception:
+            # Rolled back: nothing of this run happened. The leased way commits as it
+            # goes, so the body's own error handling (and ours: retries) applies there.
+            log.info("atomic run of %s failed; running it leased", self.task_id, exc_info=True)
+            self.token = str(uuid.uuid4())
+            return await self.leased()
+        await self._announce(
+            self._event(State.STARTED),
+            self._event(State.SUCCESS),
+            notice=ended.notice,
         )
-    if attempt is None:
+        return Outcome(Kind.SUCCEEDED, result=result)
+
+    async def _body_with_limit(self, ctx: TaskContext) -> Any:
+        try:
+            async with asyncio.timeout(self.settings.task_soft_time_limit) as limit:
+                return await self.spec.body(ctx, **self.args)
+        except TimeoutError:
+            if limit.expired():
+                raise _SoftLimit from None
+            raise
+
+    async def _after_rollback(self, error: dict[str, Any]) -> Outcome:
+        """Record a failure of an atomic run whose transaction was rolled back."""
+        self.token = str(uuid.uuid4())
+        attempt = await ledger.claim(self.sessions, **self._claim_args())
+        if attempt is None:
+            return self._skipped()
+        self.attempt = attempt
+        return await self._fail(error)
+
+    # -- LEASED ----------------------------------------------------------------------
+
+    async def leased(self) -> Outcome:
+        attempt = await ledger.claim(self.sessions, **self._claim_args())
+        if attempt is None and self.spec.scheduled and not await self._exists():
+            await ledger.adopt(
+                self.sessions,
+                task_id=self.task_id,
+                name=self.spec.name,
+                queue=self.spec.queue,
+                args=self.args,
+            )
+            attempt = await ledger.claim(self.sessions, **self._claim_args())
+        if attempt is None:
+            return self._skipped()
+        self.attempt = attempt
+        await self._announce(self._event(State.STARTED))
+
+        ctx = self._context(self.sessions, leased=True)
+        body = asyncio.ensure_future(self.spec.body(ctx, **self.args))
+        stop = _Stop(body)
+        watchdog = asyncio.ensure_future(
+            _watch(ctx, stop, self.token, self.sessions, self.settings)
+        )
+        # The soft time limit is enforced here, on the loop, so it works the same in a
+        # worker and in the local executor; Celery's hard limit stays as the backstop for
+        # a body that blocks the loop.
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.task_soft_time_limit, stop, Kind.FAILED
+        )
+        try:
+            result = await body
+        except asyncio.CancelledError:
+            if stop.reason is None:
+                raise  # we ourselves are being cancelled (shutdown): the lease will lapse
+            if stop.reason is Kind.FAILED:
+                return await self._fail(self._soft_limit_error())
+            return Outcome(stop.reason)
+        except Exception as exc:
+            return await self._settle(exc)
+        finally:
+            timer.cancel()
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        ended = await ledger.finish(
+            self.sessions,
+            task_id=self.task_id,
+            token=self.token,
+            ending=self._ending(State.SUCCESS, result=result),
+        )
+        if ended.done:
+            await self._announce(self._event(State.SUCCESS), notice=ended.notice)
+            return Outcome(Kind.SUCCEEDED, result=result)
+        # Cancelled (or taken over) while the last unit of work ran: the cancel stands.
+        return Outcome(Kind.REVOKED)
+
+    async def _settle(self, exc: Exception) -> Outcome:
+        """The outcome of a body that raised, recorded on the row we hold."""
+        if isinstance(exc, TaskCancelled):
+            return Outcome(Kind.REVOKED)
+        if isinstance(exc, LeaseLost):
+            return Outcome(Kind.LOST)
+        error = error_info(exc)
+        if not isinstance(exc, TRANSIENT_ERRORS):
+            log.exception("task %s %s failed", self.spec.name, self.task_id)
+            return await self._fail(error)
+        if self.attempt > self.settings.task_max_retries:
+            return await self._fail(error)
+        countdown = backoff(self.attempt, self.settings.task_retry_backoff_max)
+        log.warning(
+            "task %s %s: transient %s, retry in %ss", self.spec.name, self.task_id, exc, countdown
+        )
+        eta = utcnow() + timedelta(seconds=countdown)
+        if await ledger.schedule_retry(
+            self.sessions, task_id=self.task_id, token=self.token, eta=eta, error=error
+        ):
+            await self._announce(self._event(State.RETRY, error=error))
+            return Outcome(Kind.RETRY, error=error, countdown=countdown)
+        return Outcome(Kind.LOST)
+
+    async def _fail(self, error: dict[str, Any]) -> Outcome:
+        ended = await ledger.finish(
+            self.sessions,
+            task_id=self.task_id,
+            token=self.token,
+            ending=self._ending(State.FAILURE, error=error),
+        )
+        if ended.done:
+            await self._announce(self._event(State.FAILURE, error=error), notice=ended.notice)
+        return Outcome(Kind.FAILED, error=error)
+
+    # -- untracked (the health check's bare round trip) --------------------------------
+
+    async def untracked(self) -> Outcome:
+        try:
+            result = await self.spec.body(self._context(self.sessions), **self.args)
+        except Exception as exc:
+            return Outcome(Kind.FAILED, error=error_info(exc))
+        return Outcome(Kind.SUCCEEDED, result=result)
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _claim_args(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "token": self.token,
+            "runner": self.runner,
+            "executor": self.executor,
+            "lease": timedelta(seconds=self.settings.lease_seconds),
+        }
+
+    async def _exists(self) -> bool:
+        return await ledger.get(self.sessions, self.task_id) is not None
+
+    def _skipped(self) -> Outcome:
         log.info(
             "task %s %s: not claimable (finished, cancelled or running elsewhere); skipped",
-            spec.name,
-            task_id,
+            self.spec.name,
+            self.task_id,
         )
-        return Outcome("skipped")
-    await announce(State.STARTED, attempt=attempt)
+        return Outcome(Kind.SKIPPED)
 
-    async def write_progress(current: int, total: int | None, message: str | None) -> None:
+    def _ending(
+        self, state: State, *, result: Any = None, error: dict[str, Any] | None = None
+    ) -> ledger.Ending:
+        return ledger.Ending(state, notifies(self.spec, state), result=result, error=error)
+
+    def _soft_limit_error(self) -> dict[str, Any]:
+        return {
+            "type": "SoftTimeLimitExceeded",
+            "message": f"ran longer than {self.settings.task_soft_time_limit} s",
+        }
+
+    def _event(self, state: State, **fields: Any) -> TaskEvent:
+        return TaskEvent(
+            self.task_id, self.spec.name, state.value, self.executor, attempt=self.attempt, **fields
+        )
+
+    async def _announce(self, *events: TaskEvent, notice: dict[str, Any] | None = None) -> None:
+        if self.announcer is None:
+            return
+        try:
+            await self.announcer(*events, notices=[notice] if notice else [])
+        except Exception:  # news must never fail the task
+            log.warning("could not announce %s", self.task_id, exc_info=True)
+
+    def _context(
+        self, sessions: async_sessionmaker[AsyncSession], leased: bool = False
+    ) -> TaskContext:
+        return TaskContext(
+            task_id=self.task_id,
+            name=self.spec.name,
+            attempt=max(self.attempt, 1),
+            executor=self.executor,
+            runner=self.runner,
+            session_factory=sessions,
+            settings=self.settings,
+            _write_progress=self._write_progress if leased else _no_progress,
+            _probe_cancel=self._probe_cancel if self.spec.tracked else _never_cancelled,
+            _publish=self.announcer.publish if self.announcer is not None else None,
+        )
+
+    async def _write_progress(self, current: int, total: int | None, message: str | None) -> None:
         percent = round(100.0 * current / total, 2) if total else None
         progress = {"current": current, "total": total, "percent": percent, "message": message}
-        if not await ledger.set_progress(sessions, task_id=task_id, token=token, progress=progress):
-            await _raise_if_gone(sessions, task_id)
-        await announce(State.PROGRESS, progress=progress, attempt=attempt)
+        if not await ledger.set_progress(
+            self.sessions, task_id=self.task_id, token=self.token, progress=progress
+        ):
+            await _raise_if_gone(self.sessions, self.task_id)
+        await self._announce(self._event(State.PROGRESS, progress=progress))
 
-    async def probe_cancel() -> bool:
-        return await ledger.cancel_requested(sessions, task_id)
+    async def _probe_cancel(self) -> bool:
+        return await ledger.cancel_requested(self.sessions, self.task_id)
 
-    ctx = TaskContext(
-        task_id=task_id,
-        name=spec.name,
-        attempt=attempt,
-        executor=executor,
-        runner=runner,
-        session_factory=sessions,
-        settings=settings,
-        _write_progress=write_progress,
-        _probe_cancel=probe_cancel,
-        _publish=announcer.publish if announcer is not None else None,
+
+def _joined(conn: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Sessions that take part in the run's transaction: their commit commits nothing (the
+    run commits once, at the end), a rollback rolls the whole run back."""
+    return async_sessionmaker(
+        bind=conn, expire_on_commit=False, join_transaction_mode="rollback_only"
     )
 
-    async def record_failure(error: dict[str, Any]) -> None:
-        if await ledger.finish(
-            sessions, task_id=task_id, token=token, state=State.FAILURE, error=error
-        ):
-            await announce(State.FAILURE, error=error, attempt=attempt)
 
-    body = asyncio.ensure_future(spec.body(ctx, **args))
-    stop = _Stop(body)
-    watchdog = asyncio.ensure_future(_watch(ctx, stop, token, sessions, settings))
-    # The soft time limit is enforced here, on the loop, so it works the same in a worker
-    # and in the local executor; Celery's hard limit stays as the backstop for a body that
-    # blocks the loop.
-    timer = asyncio.get_running_loop().call_later(settings.task_soft_time_limit, stop, "timeout")
-    try:
-        result = await body
-    except TaskCancelled:
-        return Outcome("revoked")
-    except LeaseLost:
-        return Outcome("lost")
-    except asyncio.CancelledError:
-        if stop.reason is None:
-            raise  # we ourselves are being cancelled (shutdown): the lease will lapse
-        if stop.reason == "timeout":
-            error = {
-                "type": "SoftTimeLimitExceeded",
-                "message": f"ran longer than {settings.task_soft_time_limit} s",
-            }
-            await record_failure(error)
-            return Outcome("failed", error=error)
-        return Outcome(stop.reason)
-    except TRANSIENT_ERRORS as exc:
-        error = error_info(exc)
-        if attempt <= settings.task_max_retries:
-            countdown = backoff(attempt, settings.task_retry_backoff_max)
-            eta = utcnow() + timedelta(seconds=countdown)
-            log.warning(
-                "task %s %s: transient %s, retry in %ss", spec.name, task_id, exc, countdown
-            )
-            if await ledger.schedule_retry(
-                sessions, task_id=task_id, token=token, eta=eta, error=error
-            ):
-                await announce(State.RETRY, error=error, attempt=attempt)
-                return Outcome("retry", error=error, countdown=countdown)
-            return Outcome("lost")
-        await record_failure(error)
-        return Outcome("failed", error=error)
-    except Exception as exc:
-        log.exception("task %s %s failed", spec.name, task_id)
-        error = error_info(exc)
-        await record_failure(error)
-        return Outcome("failed", error=error)
-    finally:
-        timer.cancel()
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
-    if await ledger.finish(
-        sessions, task_id=task_id, token=token, state=State.SUCCESS, result=result
-    ):
-        await announce(State.SUCCESS, attempt=attempt)
-        return Outcome("succeeded", result=result)
-    # Cancelled (or taken over) while the last unit of work ran: the cancel stands.
-    return Outcome("revoked")
+async def _no_progress(current: int, total: int | None, message: str | None) -> None:
+    """An atomic run is seen whole or not at all: progress in between means nothing."""
+
+
+async def _never_cancelled() -> bool:
+    return False
 
 
 async def _raise_if_gone(sessions: ledger.Sessions, task_id: str) -> None:
@@ -224,9 +382,9 @@ class _Stop:
 
     def __init__(self, body: asyncio.Future[Any]) -> None:
         self.body = body
-        self.reason: str | None = None
+        self.reason: Kind | None = None
 
-    def __call__(self, reason: str) -> None:
+    def __call__(self, reason: Kind) -> None:
         if self.reason is None and not self.body.done():
             self.reason = reason
             self.body.cancel()
@@ -255,41 +413,7 @@ async def _watch(
             if grace_left > 0:
                 grace_left -= 1
                 continue
-            stop("revoked")
+            stop(Kind.REVOKED)
             return
-        stop("lost")
+        stop(Kind.LOST)
         return
-
-
-async def _run_untracked(
-    spec: TaskSpec,
-    task_id: str,
-    args: dict[str, Any],
-    executor: str,
-    runner: str,
-    sessions: ledger.Sessions,
-    settings: Settings,
-    announcer: Announcer | None,
-) -> Outcome:
-    async def no_progress(current: int, total: int | None, message: str | None) -> None:
-        return None
-
-    async def never_cancelled() -> bool:
-        return False
-
-    ctx = TaskContext(
-        task_id=task_id,
-        name=spec.name,
-        attempt=1,
-        executor=executor,
-        runner=runner,
-        session_factory=sessions,
-        settings=settings,
-        _write_progress=no_progress,
-        _probe_cancel=never_cancelled,
-        _publish=announcer.publish if announcer is not None else None,
-    )
-    try:
-        return Outcome("succeeded", result=await spec.body(ctx, **args))
-    except Exception as exc:
-        return Outcome("failed", error=error_info(exc))

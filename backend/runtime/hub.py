@@ -25,7 +25,6 @@ from redis.exceptions import RedisError
 
 from backend.constants import EVENTS_STREAM
 from backend.runtime.broker import Broker
-from backend.runtime.local import LocalExecutor
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,8 @@ class Listener:
 
 
 class EventHub:
-    def __init__(self, broker: Broker, local: LocalExecutor | None) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.local = local
         settings = broker.settings
         self._redis = aioredis.Redis.from_url(
             settings.celery_broker_url,
@@ -89,14 +87,6 @@ class EventHub:
         ms = max(int(time.time() * 1000), self._last[0])
         seq = self._last[1] + 1 if ms == self._last[0] else 0
         self._fan_out(Event(f"{ms}-{seq}", kind, data))
-
-    def run_locally(self, task_id: str, name: str, args: dict[str, Any]) -> None:
-        if self.local is None:
-            return
-        try:
-            self.local.submit(task_id, name, args)
-        except Exception:
-            log.warning("could not run %s locally", name, exc_info=True)
 
     # -- listeners --------------------------------------------------------------------
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
 from backend.db.engine import get_autocommit_engine
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
+from backend.db.queries import notifications
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -27,6 +28,30 @@ Sessions = async_sessionmaker[AsyncSession]
 async def get(sessions: Sessions, task_id: str) -> TaskRun | None:
     async with sessions() as session:
         return await session.get(TaskRun, task_id)
+
+
+_STATUS_COLUMNS = (
+    TaskRun.id,
+    TaskRun.name,
+    TaskRun.queue,
+    TaskRun.state,
+    TaskRun.progress,
+    TaskRun.result,
+    TaskRun.error,
+    TaskRun.executor,
+    TaskRun.attempts,
+    TaskRun.submitted_at,
+    TaskRun.started_at,
+    TaskRun.finished_at,
+)
+
+
+async def status_row(sessions: Sessions, task_id: str) -> Row[Any] | None:
+    """What the status contract shows of one run: one primary-key read, no transaction, no
+    ORM object (the status poll is the hottest read there is)."""
+    async with _autocommit(sessions).connect() as conn:
+        result = await conn.execute(select(*_STATUS_COLUMNS).where(TaskRun.id == task_id))
+        return result.first()
 
 
 class Inserter:
@@ -73,7 +98,7 @@ class Inserter:
                     _settle(future, None)
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
-        async with _engine(self.sessions).begin() as conn:
+        async with engine_of(self.sessions).begin() as conn:
             await conn.execute(insert(TaskRun), rows)
 
 
@@ -153,7 +178,7 @@ async def adopt(
         "recoveries": 0, "cancel_requested": False, "submitted_at": now, "dispatched_at": now,
     }  # fmt: skip
     try:
-        async with _engine(sessions).begin() as conn:
+        async with engine_of(sessions).begin() as conn:
             await conn.execute(insert(TaskRun), [values])
     except IntegrityError:
         pass
@@ -170,7 +195,8 @@ async def _update(sessions: Sessions, *conditions: Any, **values: Any) -> int:
         return int(result.rowcount)
 
 
-def _engine(sessions: Sessions) -> AsyncEngine:
+def engine_of(sessions: Sessions) -> AsyncEngine:
+    """The engine a session factory is bound to (for runs that own a connection)."""
     engine: AsyncEngine = sessions.kw["bind"]
     return engine
 
@@ -178,7 +204,31 @@ def _engine(sessions: Sessions) -> AsyncEngine:
 def _autocommit(sessions: Sessions) -> AsyncEngine:
     """A transition is one UPDATE, atomic by itself; running it without BEGIN/COMMIT and
     without an ORM session halves its cost, and it runs several times per task."""
-    return get_autocommit_engine(_engine(sessions).url.render_as_string(hide_password=False))
+    return get_autocommit_engine(engine_of(sessions).url.render_as_string(hide_password=False))
+
+
+def _claim_statement(
+    *, task_id: str, token: str, runner: str, executor: str, lease: timedelta
+) -> Any:
+    now = utcnow()
+    claimable = or_(
+        TaskRun.state.in_(WAITING_STATES),
+        and_(TaskRun.state.in_(RUNNING_STATES), TaskRun.heartbeat_at < now - lease),
+    )
+    return (
+        update(TaskRun)
+        .where(TaskRun.id == task_id, TaskRun.cancel_requested.is_(False), claimable)
+        .values(
+            state=State.STARTED,
+            claim_token=token,
+            runner=runner,
+            executor=executor,
+            attempts=TaskRun.attempts + 1,
+            started_at=func.coalesce(TaskRun.started_at, now),
+            heartbeat_at=now,
+        )
+        .returning(TaskRun.attempts)
+    )
 
 
 async def claim(
@@ -196,27 +246,30 @@ async def claim(
     The claim is what makes a duplicate delivery do nothing: only one claimant's UPDATE
     matches, and a live runner's heartbeat keeps its lease from matching at all.
     """
-    now = utcnow()
-    claimable = or_(
-        TaskRun.state.in_(WAITING_STATES),
-        and_(TaskRun.state.in_(RUNNING_STATES), TaskRun.heartbeat_at < now - lease),
-    )
-    statement = (
-        update(TaskRun)
-        .where(TaskRun.id == task_id, TaskRun.cancel_requested.is_(False), claimable)
-        .values(
-            state=State.STARTED,
-            claim_token=token,
-            runner=runner,
-            executor=executor,
-            attempts=TaskRun.attempts + 1,
-            started_at=func.coalesce(TaskRun.started_at, now),
-            heartbeat_at=now,
-        )
-        .returning(TaskRun.attempts)
+    statement = _claim_statement(
+        task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
     async with _autocommit(sessions).connect() as conn:
         attempt: int | None = (await conn.execute(statement)).scalar_one_or_none()
+    return attempt
+
+
+async def claim_in(
+    conn: AsyncConnection,
+    *,
+    task_id: str,
+    token: str,
+    runner: str,
+    executor: str,
+    lease: timedelta,
+) -> int | None:
+    """``claim`` inside the caller's transaction: the row stays locked (PostgreSQL: the
+    row; SQLite: the database) until that transaction ends, so a duplicate delivery waits
+    and then finds the run finished, and nobody ever sees it half done."""
+    statement = _claim_statement(
+        task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
+    )
+    attempt: int | None = (await conn.execute(statement)).scalar_one_or_none()
     return attempt
 
 
@@ -254,27 +307,60 @@ async def set_progress(
     )
 
 
-async def finish(
-    sessions: Sessions,
-    *,
-    task_id: str,
-    token: str,
-    state: State,
-    result: Any = None,
-    error: dict[str, Any] | None = None,
-) -> bool:
-    return (
-        await _update(
-            sessions,
-            _held(task_id, token),
-            state=state,
-            result=result,
-            error=error,
-            finished_at=utcnow(),
+@dataclass(frozen=True)
+class Ending:
+    """How a task ends: its final state and what goes with it. ``notify`` asks for the
+    notification row, written in the same transaction."""
+
+    state: State
+    notify: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A transition that ended a task: whether it took, and the notification it wrote."""
+
+    done: bool
+    notice: dict[str, Any] | None = None
+
+
+async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra: Any) -> Ended:
+    now = utcnow()
+    statement = (
+        update(TaskRun)
+        .where(condition, TaskRun.state.not_in(FINAL_STATES))
+        .values(
+            state=ending.state,
+            result=ending.result,
+            error=ending.error,
+            finished_at=now,
             claim_token=None,
+            **extra,
         )
-        == 1
+        .returning(TaskRun.id, TaskRun.name)
     )
+    row = (await conn.execute(statement)).first()
+    if row is None:
+        return Ended(False)
+    if not ending.notify:
+        return Ended(True)
+    values = notifications.values_for(
+        task_id=row.id, task_name=row.name, state=ending.state, error=ending.error, at=now
+    )
+    return Ended(True, await notifications.record_in(conn, values))
+
+
+async def finish_in(conn: AsyncConnection, *, task_id: str, token: str, ending: Ending) -> Ended:
+    """End a run we hold, inside the caller's transaction."""
+    return await _end_in(conn, _held(task_id, token), ending)
+
+
+async def finish(sessions: Sessions, *, task_id: str, token: str, ending: Ending) -> Ended:
+    """End a run we hold: the state change and its notification in one commit."""
+    async with engine_of(sessions).begin() as conn:
+        return await finish_in(conn, task_id=task_id, token=token, ending=ending)
 
 
 async def schedule_retry(
@@ -294,40 +380,25 @@ async def schedule_retry(
     )
 
 
-async def fail_unclaimed(sessions: Sessions, *, task_id: str, error: dict[str, Any]) -> bool:
+async def fail_unclaimed(
+    sessions: Sessions, *, task_id: str, error: dict[str, Any], notify: bool
+) -> Ended:
     """End a task that cannot run any more (attempts exhausted, executor full)."""
-    return (
-        await _update(
-            sessions,
-            TaskRun.id == task_id,
-            TaskRun.state.not_in(FINAL_STATES),
-            state=State.FAILURE,
-            error=error,
-            finished_at=utcnow(),
-            claim_token=None,
-        )
-        == 1
-    )
+    ending = Ending(State.FAILURE, notify=notify, error=error)
+    async with engine_of(sessions).begin() as conn:
+        return await _end_in(conn, TaskRun.id == task_id, ending)
 
 
-async def request_cancel(sessions: Sessions, task_id: str) -> bool:
+async def request_cancel(sessions: Sessions, task_id: str, *, notify: bool) -> Ended:
     """Mark the row REVOKED at once (contract: DELETE answers with state REVOKED).
 
     ``cancel_requested`` fences any later claim, so a queued message or a redelivery after
     a restart never runs it; a running body sees it at its next checkpoint.
     """
-    return (
-        await _update(
-            sessions,
-            TaskRun.id == task_id,
-            TaskRun.state.not_in(FINAL_STATES),
-            state=State.REVOKED,
-            cancel_requested=True,
-            finished_at=utcnow(),
-            error={"type": "TaskRevoked", "message": "cancelled by request"},
-        )
-        == 1
-    )
+    error = {"type": "TaskRevoked", "message": "cancelled by request"}
+    ending = Ending(State.REVOKED, notify=notify, error=error)
+    async with engine_of(sessions).begin() as conn:
+        return await _end_in(conn, TaskRun.id == task_id, ending, cancel_requested=True)
 
 
 async def mark_dispatched(sessions: Sessions, *, task_id: str, executor: str) -> bool:

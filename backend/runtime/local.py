@@ -19,7 +19,7 @@ from backend.config import Settings
 from backend.constants import Executor
 from backend.runtime import ledger
 from backend.runtime.events import Announcer
-from backend.runtime.execution import execute
+from backend.runtime.execution import Kind, execute
 from backend.runtime.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class LocalExecutor:
                 log.exception("local run of %s failed before recording an outcome", task_id)
                 self._held.discard(task_id)
                 continue
-            if outcome.kind == "retry":
+            if outcome.kind is Kind.RETRY:
                 self._retry_later(task_id, name, args, outcome.countdown)
                 continue
             self._held.discard(task_id)

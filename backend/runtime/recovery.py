@@ -12,16 +12,29 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from backend.config import Settings
 from backend.constants import State
 from backend.runtime import ledger
 from backend.runtime.events import TaskEvent
+from backend.runtime.registry import UnknownTask, get_spec, notifies
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[ledger.Orphan], Awaitable[str | None]]
-Announce = Callable[[TaskEvent], Awaitable[None]]
+
+
+class Announce(Protocol):
+    async def __call__(self, event: TaskEvent, *, notice: dict[str, Any] | None = None) -> None: ...
+
+
+def notifies_failure(name: str) -> bool:
+    """A task name the registry no longer knows (an old row) still gets its notification."""
+    try:
+        return notifies(get_spec(name), State.FAILURE)
+    except UnknownTask:
+        return True
 
 
 @dataclass
@@ -64,10 +77,14 @@ async def recover(
                 "type": "WorkerLost",
                 "message": f"the task's runner was lost {orphan.attempts} times; giving up",
             }
-            if await ledger.fail_unclaimed(sessions, task_id=orphan.id, error=error):
+            ended = await ledger.fail_unclaimed(
+                sessions, task_id=orphan.id, error=error, notify=notifies_failure(orphan.name)
+            )
+            if ended.done:
                 report.failed.append(orphan.id)
                 await announce(
-                    TaskEvent(orphan.id, orphan.name, State.FAILURE, orphan.executor, error=error)
+                    TaskEvent(orphan.id, orphan.name, State.FAILURE, orphan.executor, error=error),
+                    notice=ended.notice,
                 )
             continue
         # Take the row first (conditional on what we read), then send: a rival sweeper

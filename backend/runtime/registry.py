@@ -9,9 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 TaskBody = Callable[..., Awaitable[Any]]
+
+
+class Mode(StrEnum):
+    """How a run is made durable (runtime/execution.py).
+
+    ``ATOMIC``: claim, body and finish (and the notification) commit as one transaction:
+    one commit a task, and a redelivery sees all of it or none. For short bodies whose
+    effects live in the ledger's database; a cancel waits for it to end.
+    ``LEASED``: the claim commits first and a heartbeat keeps the lease; the body commits
+    as it goes (checkpoints) and can be cancelled while it runs. For long work.
+    """
+
+    ATOMIC = "atomic"
+    LEASED = "leased"
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,10 @@ class TaskSpec:
     name: str
     queue: str
     body: TaskBody
+    mode: Mode = Mode.LEASED
+    # A notification row when it succeeds (a read's success is not news; its failure or
+    # cancel is, like ``scheduled`` housekeeping's).
+    notify: bool = True
     # Recorded in the ledger and claimed before running. Only the health check, whose whole
     # point is a bare round-trip through a worker, is untracked.
     tracked: bool = True
@@ -36,6 +55,8 @@ def task(
     name: str,
     *,
     queue: str,
+    mode: Mode = Mode.LEASED,
+    notify: bool = True,
     tracked: bool = True,
     submittable: bool = False,
     scheduled: bool = False,
@@ -44,7 +65,7 @@ def task(
         if str(name) in _registry and _registry[str(name)].body is not body:
             raise ValueError(f"task {name!r} is registered twice")
         _registry[str(name)] = TaskSpec(
-            str(name), str(queue), body, tracked, submittable, scheduled
+            str(name), str(queue), body, mode, notify, tracked, submittable, scheduled
         )
         return body
 
@@ -59,6 +80,12 @@ def get_spec(name: str) -> TaskSpec:
         return _registry[name]
     except KeyError:
         raise UnknownTask(name) from None
+
+
+def notifies(spec: TaskSpec, state: str) -> bool:
+    """Whether a run of this task that ends in ``state`` leaves a notification: every
+    failure and cancel does; a success only when it is news (not a read, not housekeeping)."""
+    return not (state == "SUCCESS" and (spec.scheduled or not spec.notify))
 
 
 def all_specs() -> list[TaskSpec]:

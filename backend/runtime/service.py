@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from backend.config import Settings
-from backend.constants import FINAL_STATES, PRESENCE_INTERVAL, Executor, TaskName
+from backend.constants import FINAL_STATES, PRESENCE_INTERVAL, Executor, State, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.runtime import ledger
@@ -27,7 +28,7 @@ from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.hub import EventHub
 from backend.runtime.local import ExecutorFull, LocalExecutor
 from backend.runtime.recovery import RecoveryReport, recover
-from backend.runtime.registry import get_spec
+from backend.runtime.registry import get_spec, notifies
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,16 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class StatusView:
+    """A task's ledger row as the status contract shows it, with an ETag that changes
+    whenever anything shown changes."""
+
+    row: Any
+    etag: str
+    final: bool
+
+
+@dataclass(frozen=True)
 class Health:
     broker_up: bool
     database_up: bool
@@ -81,7 +92,7 @@ class Runtime:
         self.broker = Broker(settings, celery)
         self.local = LocalExecutor(settings, self.sessions) if local_fallback else None
         # Only a process with a local executor (the API) has listeners of its own.
-        self.hub = EventHub(self.broker, self.local) if local_fallback else None
+        self.hub = EventHub(self.broker) if local_fallback else None
         self.announcer = Announcer(self.broker, fallback=self.hub)
         if self.local is not None:
             self.local.announcer = self.announcer
@@ -182,9 +193,8 @@ class Runtime:
         try:
             executor = await self._dispatch(run.id, name, spec.queue, args, priority)
         except ExecutorFull as exc:
-            await ledger.fail_unclaimed(
-                self.sessions, task_id=run.id, error={"type": "ExecutorFull", "message": str(exc)}
-            )
+            error = {"type": "ExecutorFull", "message": str(exc)}
+            await ledger.fail_unclaimed(self.sessions, task_id=run.id, error=error, notify=False)
             raise
         if executor != run.executor:
             await ledger.mark_dispatched(self.sessions, task_id=run.id, executor=executor)
@@ -192,9 +202,9 @@ class Runtime:
         await self._announce(TaskEvent(run.id, name, run.state, run.executor))
         return Submission(run, created=True)
 
-    async def _announce(self, event: TaskEvent) -> None:
+    async def _announce(self, event: TaskEvent, *, notice: dict[str, Any] | None = None) -> None:
         try:
-            await self.announcer(event)
+            await self.announcer(event, notices=[notice] if notice else [])
         except Exception:  # news must never fail the request
             log.warning("could not announce %s %s", event.state, event.task_id, exc_info=True)
 
@@ -217,6 +227,34 @@ class Runtime:
         if run is None:
             raise TaskNotFound(task_id)
         return run
+
+    async def status_view(
+        self, task_id: str, *, wait: float = 0.0, known: str | None = None
+    ) -> StatusView:
+        """The status, or with ``wait`` a long poll: it answers as soon as the status differs
+        from ``known`` (the client's ETag; without one, from the status as it stood when
+        asked) or the task is final, and at the latest after ``wait`` seconds."""
+        view = await self._view(task_id)
+        if wait <= 0 or view.final or (known is not None and view.etag != known):
+            return view
+        baseline = known or view.etag
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        delay = 0.02
+        while loop.time() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            view = await self._view(task_id)
+            if view.etag != baseline or view.final:
+                return view
+            delay = min(delay * 1.5, 0.25)
+        return view
+
+    async def _view(self, task_id: str) -> StatusView:
+        row = await ledger.status_row(self.sessions, task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        fingerprint = hashlib.blake2b(repr(tuple(row)).encode(), digest_size=8).hexdigest()
+        return StatusView(row, f'"{fingerprint}"', row.state in FINAL_STATES)
 
     async def wait(self, task_id: str, timeout: float) -> TaskRun:
         """The task as soon as it is final, or as it stands when ``timeout`` runs out."""
@@ -241,7 +279,10 @@ class Runtime:
         run = await self.status(task_id)
         if run.state in FINAL_STATES:
             raise TaskAlreadyFinished(run)
-        if not await ledger.request_cancel(self.sessions, task_id):
+        ended = await ledger.request_cancel(
+            self.sessions, task_id, notify=notifies(get_spec(run.name), State.REVOKED)
+        )
+        if not ended.done:
             run = await self.status(task_id)  # it finished in the meantime
             raise TaskAlreadyFinished(run)
         if run.executor == Executor.CELERY and self.broker.up:
@@ -249,7 +290,8 @@ class Runtime:
             self._spawn(asyncio.to_thread(self.celery.control.revoke, task_id))
         run = await self.status(task_id)
         await self._announce(
-            TaskEvent(run.id, run.name, run.state, run.executor, run.progress, run.error)
+            TaskEvent(run.id, run.name, run.state, run.executor, run.progress, run.error),
+            notice=ended.notice,
         )
         return run
 

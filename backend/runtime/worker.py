@@ -19,14 +19,13 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery, Task, signals
 from celery.exceptions import Ignore
-from celery.states import REVOKED
 
 from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
 from backend.db.engine import get_session_factory
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
-from backend.runtime.execution import execute
+from backend.runtime.execution import Kind, execute
 from backend.runtime.registry import TaskSpec, all_specs
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,9 @@ def bind_tasks(app: Celery, settings: Settings) -> None:
             name=spec.name,
             bind=True,
             queue=spec.queue,
-            ignore_result=False,
+            # The ledger is the one record of results; only the health check's bare round
+            # trip (untracked, no ledger row) is answered through the result backend.
+            ignore_result=spec.tracked,
         )(_entry(spec, settings))
 
 
@@ -87,15 +88,13 @@ def _entry(spec: TaskSpec, settings: Settings) -> Any:
                 announcer=worker_announcer(self.app, settings),
             )
         )
-        if outcome.kind == "succeeded":
+        if outcome.kind is Kind.SUCCEEDED:
             return outcome.result
-        if outcome.kind == "retry":
+        if outcome.kind is Kind.RETRY:
             raise self.retry(countdown=outcome.countdown, max_retries=None)
-        if outcome.kind == "failed":
+        if outcome.kind is Kind.FAILED:
             error = outcome.error or {}
             raise TaskBodyFailed(f"{error.get('type')}: {error.get('message')}")
-        if outcome.kind == "revoked":
-            self.update_state(state=REVOKED)
         raise Ignore()  # skipped, revoked or lost: the ledger already says what happened
 
     run.__name__ = spec.name.replace(".", "_")

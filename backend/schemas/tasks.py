@@ -61,21 +61,28 @@ class _Run(Protocol):
     finished_at: datetime | None
 
 
+def status_document(run: _Run) -> dict[str, Any]:
+    """The task status object of the contract, from a ledger row (an ORM object or a Core
+    row): the one place its shape is written. The hot status route serialises this dict
+    directly; everything else goes through ``task_status``."""
+    return {
+        "task_id": run.id,
+        "name": run.name,
+        "queue": run.queue,
+        "state": run.state,
+        "progress": run.progress or None,
+        "result": run.result,
+        "error": run.error or None,
+        "executor": run.executor,
+        "attempts": run.attempts,
+        "submitted_at": run.submitted_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
+
+
 def task_status(run: _Run) -> TaskStatus:
-    return TaskStatus(
-        task_id=run.id,
-        name=run.name,
-        queue=run.queue,
-        state=run.state,
-        progress=Progress.model_validate(run.progress) if run.progress else None,
-        result=run.result,
-        error=TaskError.model_validate(run.error) if run.error else None,
-        executor=run.executor,
-        attempts=run.attempts,
-        submitted_at=run.submitted_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-    )
+    return TaskStatus.model_validate(status_document(run))
 
 
 MAX_ARGS_DEPTH = 16

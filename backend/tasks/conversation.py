@@ -15,14 +15,14 @@ from backend.db.models.base import utcnow
 from backend.db.queries import conversations
 from backend.responders import load_responder
 from backend.runtime.context import TaskContext
-from backend.runtime.registry import task
+from backend.runtime.registry import Mode, task
 
 
 def message_out(m: ConversationMessage) -> dict[str, Any]:
     return {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
 
 
-@task(TaskName.SAVE_CONVERSATION, queue=Queue.DATABASE)
+@task(TaskName.SAVE_CONVERSATION, queue=Queue.DATABASE, mode=Mode.ATOMIC)
 async def save_conversation(
     ctx: TaskContext, session_id: str, role: str, content: str, received_at: str
 ) -> dict[str, Any]:
@@ -38,14 +38,14 @@ async def save_conversation(
     return {"session_id": session_id, **message_out(stored)}
 
 
-@task(TaskName.GET_CONVERSATION_HISTORY, queue=Queue.DATABASE)
+@task(TaskName.GET_CONVERSATION_HISTORY, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def get_conversation_history(ctx: TaskContext, session_id: str) -> dict[str, Any]:
     async with ctx.session() as session:
         messages = await conversations.history(session, session_id=session_id)
     return {"session_id": session_id, "messages": [message_out(m) for m in messages]}
 
 
-@task(TaskName.DELETE_CONVERSATION_HISTORY, queue=Queue.DATABASE)
+@task(TaskName.DELETE_CONVERSATION_HISTORY, queue=Queue.DATABASE, mode=Mode.ATOMIC)
 async def delete_conversation_history(ctx: TaskContext, session_id: str) -> dict[str, Any]:
     async with ctx.session() as session, session.begin():
         deleted = await conversations.delete_session(session, session_id=session_id)
@@ -56,7 +56,10 @@ async def delete_conversation_history(ctx: TaskContext, session_id: str) -> dict
 async def run_turn(
     ctx: TaskContext, session_id: str, user_input: str, received_at: str
 ) -> dict[str, Any]:
-    """Store the user turn, ask the responder, store its reply (after the user turn)."""
+    """Store the user turn, ask the responder, store its reply (after the user turn).
+
+    Leased, not atomic: the responder may be a slow outside service, and an atomic run
+    would hold the database's write lock (SQLite) while it thinks."""
     async with ctx.session() as session, session.begin():
         user = await conversations.save_message(
             session,

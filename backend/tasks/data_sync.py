@@ -24,7 +24,7 @@ from backend.db.queries import data_sync as q
 from backend.files import readers, storage
 from backend.files.readers import BadFile
 from backend.runtime.context import TaskCancelled, TaskContext
-from backend.runtime.registry import task
+from backend.runtime.registry import Mode, task
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _settle_existing(first: SyncFile, stored: storage.StoredFile) -> dict[str, A
     return _registered(first, duplicate=True)
 
 
-@task(TaskName.REGISTER_FILE, queue=Queue.DATABASE)
+@task(TaskName.REGISTER_FILE, queue=Queue.DATABASE, mode=Mode.ATOMIC)
 async def register_file(
     ctx: TaskContext,
     stored_path: str,
@@ -319,20 +319,20 @@ def _summary(f: SyncFile, counts: q.Counts, errors: Sequence[SyncError]) -> dict
 # -- reading back -------------------------------------------------------------------------
 
 
-@task(TaskName.FIND_FILES, queue=Queue.DATABASE)
+@task(TaskName.FIND_FILES, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def find_files(ctx: TaskContext, file_ids: list[int]) -> dict[str, Any]:
     async with ctx.session() as session:
         found = await q.existing_file_ids(session, file_ids=file_ids)
     return {"found": sorted(found), "missing": sorted(set(file_ids) - found)}
 
 
-@task(TaskName.LIST_FILES, queue=Queue.DATABASE)
+@task(TaskName.LIST_FILES, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def list_files(ctx: TaskContext) -> list[dict[str, Any]]:
     async with ctx.session() as session:
         return [file_out(f) for f in await q.list_files(session)]
 
 
-@task(TaskName.DATASET_SUMMARY, queue=Queue.DATABASE)
+@task(TaskName.DATASET_SUMMARY, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def dataset_summary(ctx: TaskContext, dataset: str) -> dict[str, Any] | None:
     async with ctx.session() as session:
         found = await q.get_dataset(session, name=dataset)
@@ -346,7 +346,7 @@ async def dataset_summary(ctx: TaskContext, dataset: str) -> dict[str, Any] | No
         }
 
 
-@task(TaskName.LIST_RECORDS, queue=Queue.DATABASE)
+@task(TaskName.LIST_RECORDS, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def list_records(
     ctx: TaskContext, dataset: str, limit: int, offset: int
 ) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from backend.constants import Queue, TaskName
 from backend.runtime.context import TaskContext, TransientError
-from backend.runtime.registry import task
+from backend.runtime.registry import Mode, task
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
@@ -18,7 +18,7 @@ async def health_check(ctx: TaskContext) -> dict[str, Any]:
     return {"ok": True, "worker": ctx.runner}
 
 
-@task(TaskName.NOOP, queue=Queue.DEFAULT, submittable=True)
+@task(TaskName.NOOP, queue=Queue.DEFAULT, mode=Mode.ATOMIC, submittable=True)
 async def noop(ctx: TaskContext) -> None:
     return None
 

@@ -3,27 +3,68 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.db.models import Notification
 
 PURGE_BATCH = 5_000
 
+LEVELS = {"SUCCESS": "info", "REVOKED": "warning", "FAILURE": "error"}
 
-async def record(session: AsyncSession, values: dict[str, Any]) -> Notification | None:
-    """Insert the notification; None when this (task, state) was already recorded."""
-    dialect = session.get_bind().dialect.name
-    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(Notification)
+
+def describe(task_name: str, state: str, error: dict[str, Any] | None) -> str:
+    if state == "SUCCESS":
+        return f"{task_name} succeeded"
+    if state == "REVOKED":
+        return f"{task_name} was cancelled"
+    reason = (error or {}).get("message") or "no reason given"
+    return f"{task_name} failed: {reason}"
+
+
+def values_for(
+    *, task_id: str, task_name: str, state: str, error: dict[str, Any] | None, at: datetime
+) -> dict[str, Any]:
+    """The row for a task that ended in ``state``."""
+    return {
+        "task_id": task_id,
+        "task_name": task_name,
+        "state": state,
+        "level": LEVELS.get(state, "info"),
+        "message": describe(task_name, state, error),
+        "error": error,
+        "created_at": at,
+    }
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    """A notification as the API and the events stream show it."""
+    return {
+        "id": row.id,
+        "task_id": row.task_id,
+        "task_name": row.task_name,
+        "state": row.state,
+        "level": row.level,
+        "message": row.message,
+        "error": row.error,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+async def record_in(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert on a connection inside the caller's transaction (the one that ends the task);
+    the notification as a dict, or None when this (task, state) was already recorded."""
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(Notification)
     statement = insert.values(**values).on_conflict_do_nothing().returning(Notification.id)
-    new_id = await session.scalar(statement)
+    new_id = (await conn.execute(statement)).scalar_one_or_none()
     if new_id is None:
         return None
-    return await session.get(Notification, new_id)
+    return as_dict(SimpleNamespace(id=new_id, **values))
 
 
 async def latest(

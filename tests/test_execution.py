@@ -1,0 +1,159 @@
+"""How one delivery is run and recorded (backend/runtime/execution.py), in this process
+against a real database: the outcome, the ledger row, the notification, and the commits.
+
+Invariant 8: a short task costs one commit for claim + body + finish + notification.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event, select
+
+from backend.config import Settings
+from backend.constants import State, TaskName
+from backend.db.engine import get_autocommit_engine, get_session_factory
+from backend.db.models import Notification
+from backend.runtime import ledger
+from backend.runtime.execution import Kind, execute
+from backend.runtime.registry import get_spec
+
+NOW = "2026-11-24T10:00:00+00:00"
+
+
+async def _run(settings: Settings, name: str, args: dict[str, Any], task_id: str) -> Kind:
+    outcome = await execute(
+        get_spec(name),
+        task_id,
+        args,
+        executor="celery",
+        runner="test",
+        sessions=get_session_factory(settings),
+        settings=settings,
+    )
+    return outcome.kind
+
+
+async def _accepted(settings: Settings, name: str, args: dict[str, Any]) -> str:
+    task_id = str(uuid.uuid4())
+    spec = get_spec(name)
+    sessions = get_session_factory(settings)
+    await ledger.adopt(sessions, task_id=task_id, name=name, queue=spec.queue, args=args)
+    return task_id
+
+
+async def _notifications(settings: Settings, task_id: str) -> list[str]:
+    async with get_session_factory(settings)() as session:
+        rows = await session.scalars(select(Notification).where(Notification.task_id == task_id))
+        return [n.state for n in rows]
+
+
+@contextmanager
+def counting_writes(settings: Settings) -> Iterator[dict[str, int]]:
+    """Commits on the session engine, plus statements on the autocommit engine (each of
+    those commits by itself)."""
+    counts = {"commits": 0}
+    sessions_engine = ledger.engine_of(get_session_factory(settings)).sync_engine
+    autocommit = get_autocommit_engine(settings.database_url).sync_engine
+
+    def on_commit(*_: Any) -> None:
+        counts["commits"] += 1
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.lstrip().upper().startswith("SELECT"):
+            counts["commits"] += 1
+
+    event.listen(sessions_engine, "commit", on_commit)
+    event.listen(autocommit, "before_cursor_execute", on_execute)
+    try:
+        yield counts
+    finally:
+        event.remove(sessions_engine, "commit", on_commit)
+        event.remove(autocommit, "before_cursor_execute", on_execute)
+
+
+async def test_a_conversation_save_is_claimed_run_finished_and_notified_in_one_commit(
+    body_settings: Settings,
+) -> None:
+    args = {"session_id": "one-commit", "role": "user", "content": "hi", "received_at": NOW}
+    task_id = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+
+    with counting_writes(body_settings) as writes:
+        kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
+
+    assert kind is Kind.SUCCEEDED
+    assert writes["commits"] == 1
+    run = await ledger.get(get_session_factory(body_settings), task_id)
+    assert run is not None
+    assert (run.state, run.attempts, run.claim_token) == (State.SUCCESS, 1, None)
+    assert run.result["content"] == "hi"
+    assert await _notifications(body_settings, task_id) == ["SUCCESS"]
+
+
+async def test_a_redelivery_of_a_finished_atomic_task_is_skipped_and_writes_nothing(
+    body_settings: Settings,
+) -> None:
+    args = {"session_id": "twice", "role": "user", "content": "hi", "received_at": NOW}
+    task_id = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    assert await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id) is Kind.SUCCEEDED
+
+    with counting_writes(body_settings) as writes:
+        kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
+
+    assert kind is Kind.SKIPPED
+    assert writes["commits"] == 0
+
+
+async def test_a_read_leaves_no_notification(body_settings: Settings) -> None:
+    args = {"session_id": "nobody"}
+    task_id = await _accepted(body_settings, TaskName.GET_CONVERSATION_HISTORY, args)
+
+    kind = await _run(body_settings, TaskName.GET_CONVERSATION_HISTORY, args, task_id)
+
+    assert kind is Kind.SUCCEEDED
+    assert await _notifications(body_settings, task_id) == []
+
+
+async def test_an_atomic_body_that_fails_leaves_only_its_failure(
+    body_settings: Settings,
+) -> None:
+    """The rolled-back attempt leaves nothing: one attempt recorded, FAILURE with the
+    body's reason, a failure notification, and no registered file."""
+    args = {
+        "stored_path": str(body_settings.data_dir / "uploads" / "missing.csv"),
+        "original_name": "missing.csv",
+        "size": 1,
+        "checksum": uuid.uuid4().hex,
+        "dataset": "never",
+        "key_columns": ["id"],
+    }
+    task_id = await _accepted(body_settings, TaskName.REGISTER_FILE, args)
+
+    kind = await _run(body_settings, TaskName.REGISTER_FILE, args, task_id)
+
+    assert kind is Kind.FAILED
+    run = await ledger.get(get_session_factory(body_settings), task_id)
+    assert run is not None
+    assert (run.state, run.attempts) == (State.FAILURE, 1)
+    assert run.error is not None
+    assert "missing" in run.error["message"]
+    assert await _notifications(body_settings, task_id) == ["FAILURE"]
+
+
+async def test_a_cancelled_task_is_never_run(body_settings: Settings) -> None:
+    args = {"session_id": "cancelled", "role": "user", "content": "x", "received_at": NOW}
+    task_id = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    sessions = get_session_factory(body_settings)
+    ended = await ledger.request_cancel(sessions, task_id, notify=True)
+
+    kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
+
+    assert ended.done
+    assert kind is Kind.SKIPPED
+    run = await ledger.get(sessions, task_id)
+    assert run is not None
+    assert (run.state, run.attempts) == (State.REVOKED, 0)
+    assert await _notifications(body_settings, task_id) == ["REVOKED"]
