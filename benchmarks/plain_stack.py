@@ -20,7 +20,7 @@ from benchmarks.stack import Stack
 from tests.support import QUEUES, Api, Worker
 
 PSYCOPG2_HINT = (
-    "the plain pattern on PostgreSQL needs psycopg2: .venv/bin/pip install psycopg2-binary"
+    "the plain pattern on PostgreSQL needs psycopg2 (dev extras): .venv/bin/pip install -e .[dev]"
 )
 
 

@@ -16,17 +16,32 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from backend.config import Settings, get_settings
+from backend.db import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+# Processes that run one task at a time on their loop (Celery worker processes) call
+# SQLite on the loop's thread; everyone else through aiosqlite's (db/sqlite_inline.py).
+_inline_sqlite_pids: set[int] = set()
 
 _engines: dict[tuple[int, str], AsyncEngine] = {}
 _factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
 
 
-def make_engine(url: str, *, autocommit: bool = False) -> AsyncEngine:
-    """Build an engine tuned for its backend; SQLite is shared by several processes."""
+def make_engine(url: str, *, autocommit: bool = False, inline: bool | None = None) -> AsyncEngine:
+    """Build an engine tuned for its backend; SQLite is shared by several processes.
+
+    ``inline``: call SQLite on the loop's thread (default: whether this process said it
+    runs one task at a time, ``call_sqlite_inline``)."""
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if inline is None:
+            inline = os.getpid() in _inline_sqlite_pids
+        if inline and parsed.database not in (None, "", ":memory:"):
+            options["async_creator"] = sqlite_inline.connector(
+                str(parsed.database), SQLITE_BUSY_TIMEOUT_MS / 1000
+            )
         engine = create_async_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -48,6 +63,12 @@ def make_engine(url: str, *, autocommit: bool = False) -> AsyncEngine:
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         **options,
     )
+
+
+def call_sqlite_inline() -> None:
+    """Declare that this process runs one task at a time on its event loop, so its SQLite
+    engines (made from now on) call SQLite directly instead of through a thread."""
+    _inline_sqlite_pids.add(os.getpid())
 
 
 def make_unpooled_engine(url: str) -> AsyncEngine:

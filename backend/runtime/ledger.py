@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -46,11 +46,16 @@ _STATUS_COLUMNS = (
 )
 
 
+# The statements a short task and a status poll run, built once: building a Core
+# statement costs ~5x executing a prebuilt one (345 against 69 µs for the claim, measured).
+_STATUS = select(*_STATUS_COLUMNS).where(TaskRun.id == bindparam("task_id"))
+
+
 async def status_row(sessions: Sessions, task_id: str) -> Row[Any] | None:
     """What the status contract shows of one run: one primary-key read, no transaction, no
     ORM object (the status poll is the hottest read there is)."""
     async with _autocommit(sessions).connect() as conn:
-        result = await conn.execute(select(*_STATUS_COLUMNS).where(TaskRun.id == task_id))
+        result = await conn.execute(_STATUS, {"task_id": task_id})
         return result.first()
 
 
@@ -207,28 +212,45 @@ def _autocommit(sessions: Sessions) -> AsyncEngine:
     return get_autocommit_engine(engine_of(sessions).url.render_as_string(hide_password=False))
 
 
-def _claim_statement(
+_WHEN = TaskRun.heartbeat_at.type
+_CLAIM = (
+    update(TaskRun)
+    .where(
+        TaskRun.id == bindparam("task_id"),
+        TaskRun.cancel_requested.is_(False),
+        or_(
+            TaskRun.state.in_(WAITING_STATES),
+            and_(
+                TaskRun.state.in_(RUNNING_STATES),
+                TaskRun.heartbeat_at < bindparam("stale_before", type_=_WHEN),
+            ),
+        ),
+    )
+    .values(
+        state=State.STARTED,
+        claim_token=bindparam("token"),
+        runner=bindparam("runner"),
+        executor=bindparam("executor"),
+        attempts=TaskRun.attempts + 1,
+        started_at=func.coalesce(TaskRun.started_at, bindparam("now", type_=_WHEN)),
+        heartbeat_at=bindparam("now"),
+    )
+    .returning(TaskRun.attempts)
+)
+
+
+def _claim_params(
     *, task_id: str, token: str, runner: str, executor: str, lease: timedelta
-) -> Any:
+) -> dict[str, Any]:
     now = utcnow()
-    claimable = or_(
-        TaskRun.state.in_(WAITING_STATES),
-        and_(TaskRun.state.in_(RUNNING_STATES), TaskRun.heartbeat_at < now - lease),
-    )
-    return (
-        update(TaskRun)
-        .where(TaskRun.id == task_id, TaskRun.cancel_requested.is_(False), claimable)
-        .values(
-            state=State.STARTED,
-            claim_token=token,
-            runner=runner,
-            executor=executor,
-            attempts=TaskRun.attempts + 1,
-            started_at=func.coalesce(TaskRun.started_at, now),
-            heartbeat_at=now,
-        )
-        .returning(TaskRun.attempts)
-    )
+    return {
+        "task_id": task_id,
+        "token": token,
+        "runner": runner,
+        "executor": executor,
+        "now": now,
+        "stale_before": now - lease,
+    }
 
 
 async def claim(
@@ -246,11 +268,11 @@ async def claim(
     The claim is what makes a duplicate delivery do nothing: only one claimant's UPDATE
     matches, and a live runner's heartbeat keeps its lease from matching at all.
     """
-    statement = _claim_statement(
+    params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
     async with _autocommit(sessions).connect() as conn:
-        attempt: int | None = (await conn.execute(statement)).scalar_one_or_none()
+        attempt: int | None = (await conn.execute(_CLAIM, params)).scalar_one_or_none()
     return attempt
 
 
@@ -266,10 +288,10 @@ async def claim_in(
     """``claim`` inside the caller's transaction: the row stays locked (PostgreSQL: the
     row; SQLite: the database) until that transaction ends, so a duplicate delivery waits
     and then finds the run finished, and nobody ever sees it half done."""
-    statement = _claim_statement(
+    params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
-    attempt: int | None = (await conn.execute(statement)).scalar_one_or_none()
+    attempt: int | None = (await conn.execute(_CLAIM, params)).scalar_one_or_none()
     return attempt
 
 
@@ -326,6 +348,24 @@ class Ended:
     notice: dict[str, Any] | None = None
 
 
+_FINISH = (
+    update(TaskRun)
+    .where(
+        TaskRun.id == bindparam("task_id"),
+        TaskRun.claim_token == bindparam("token"),
+        TaskRun.state.not_in(FINAL_STATES),
+    )
+    .values(
+        state=bindparam("state"),
+        result=bindparam("result"),
+        error=bindparam("error"),
+        finished_at=bindparam("now"),
+        claim_token=None,
+    )
+    .returning(TaskRun.id, TaskRun.name)
+)
+
+
 async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra: Any) -> Ended:
     now = utcnow()
     statement = (
@@ -341,7 +381,13 @@ async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra
         )
         .returning(TaskRun.id, TaskRun.name)
     )
-    row = (await conn.execute(statement)).first()
+    return await _ended(conn, (await conn.execute(statement)).first(), ending, now)
+
+
+async def _ended(
+    conn: AsyncConnection, row: Row[str, str] | None, ending: Ending, now: datetime
+) -> Ended:
+    """The transition took when it returned the row: write its notification beside it."""
     if row is None:
         return Ended(False)
     if not ending.notify:
@@ -354,7 +400,16 @@ async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra
 
 async def finish_in(conn: AsyncConnection, *, task_id: str, token: str, ending: Ending) -> Ended:
     """End a run we hold, inside the caller's transaction."""
-    return await _end_in(conn, _held(task_id, token), ending)
+    now = utcnow()
+    params = {
+        "task_id": task_id,
+        "token": token,
+        "state": ending.state,
+        "result": ending.result,
+        "error": ending.error,
+        "now": now,
+    }
+    return await _ended(conn, (await conn.execute(_FINISH, params)).first(), ending, now)
 
 
 async def finish(sessions: Sessions, *, task_id: str, token: str, ending: Ending) -> Ended:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Row
+
 from backend.constants import Queue, TaskName
 from backend.db.models import ConversationMessage
 from backend.db.models.base import utcnow
@@ -18,7 +20,7 @@ from backend.runtime.context import TaskContext
 from backend.runtime.registry import Mode, task
 
 
-def message_out(m: ConversationMessage) -> dict[str, Any]:
+def message_out(m: ConversationMessage | Row[Any]) -> dict[str, Any]:
     return {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +13,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.db.models import ConversationMessage
 
 PURGE_BATCH = 5_000
+
+
+def _save_statement(insert: Any) -> Any:
+    columns = ("message_key", "session_id", "role", "content", "created_at")
+    return (
+        insert(ConversationMessage.__table__)
+        .values({name: bindparam(name) for name in columns})
+        .on_conflict_do_nothing()
+        .returning(*ConversationMessage.__table__.c)
+    )
+
+
+# Built once per dialect (the hottest write there is); Core on the table, not the ORM
+# entity, so no unit of work or identity map is involved.
+_SAVE = {"postgresql": _save_statement(pg_insert), "sqlite": _save_statement(sqlite_insert)}
+_BY_KEY = select(*ConversationMessage.__table__.c).where(
+    ConversationMessage.message_key == bindparam("message_key")
+)
 
 
 async def save_message(
@@ -23,7 +41,7 @@ async def save_message(
     role: str,
     content: str,
     created_at: datetime,
-) -> ConversationMessage:
+) -> Row[Any]:
     """Insert once per ``message_key``; a second save of the same key returns the first."""
     values: dict[str, Any] = {
         "message_key": message_key,
@@ -33,11 +51,9 @@ async def save_message(
         "created_at": created_at,
     }
     dialect = session.get_bind().dialect.name
-    upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(ConversationMessage)
-    await session.execute(upsert.values(**values).on_conflict_do_nothing())
-    stored = await session.scalar(
-        select(ConversationMessage).where(ConversationMessage.message_key == message_key)
-    )
+    stored = (await session.execute(_SAVE[dialect], values)).first()
+    if stored is None:  # saved by an earlier run of the same task
+        stored = (await session.execute(_BY_KEY, {"message_key": message_key})).first()
     assert stored is not None
     return stored
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -56,12 +56,24 @@ def as_dict(row: Any) -> dict[str, Any]:
     }
 
 
+def _record_statement(insert: Any) -> Any:
+    columns = ("task_id", "task_name", "state", "level", "message", "error", "created_at")
+    return (
+        insert(Notification)
+        .values({name: bindparam(name) for name in columns})
+        .on_conflict_do_nothing()
+        .returning(Notification.id)
+    )
+
+
+# Built once per dialect: it runs in the transaction that ends every task.
+_RECORD = {"postgresql": _record_statement(pg_insert), "sqlite": _record_statement(sqlite_insert)}
+
+
 async def record_in(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any] | None:
     """Insert on a connection inside the caller's transaction (the one that ends the task);
     the notification as a dict, or None when this (task, state) was already recorded."""
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(Notification)
-    statement = insert.values(**values).on_conflict_do_nothing().returning(Notification.id)
-    new_id = (await conn.execute(statement)).scalar_one_or_none()
+    new_id = (await conn.execute(_RECORD[conn.dialect.name], values)).scalar_one_or_none()
     if new_id is None:
         return None
     return as_dict(SimpleNamespace(id=new_id, **values))
