@@ -305,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"worker{i}" if args.workers > 1 else "worker",
                         [sys.executable, "-m", "celery", "-A", "backend.celery_app", "worker",
                          "-Q", ",".join(ALL_QUEUES), "-c", str(args.concurrency),
-                         "--pool", args.pool, "-n", node, "-l", "info"],
+                         "--pool", args.pool, "-n", node, "-l", "info",
+                         # Task events for Flower from the first task (Flower would
+                         # switch them on itself, 5 s after it starts).
+                         *([] if args.no_flower else ["-E"])],
                         env,
                         logs,
                         lambda node=node: worker_seen(redis_url, node),  # type: ignore[misc]

@@ -1,9 +1,9 @@
-"""SQLite on the loop's thread (backend/db/sqlite_inline.py), as Celery worker processes use
-it: the same SQLAlchemy behaviour as through aiosqlite, on a real file shared with a
-second engine, including the waits and errors of SQLite's one write lock.
+"""SQLite on the loop's thread (backend/db/sqlite_inline.py), as atomic runs in a worker and
+status reads use it: the same SQLAlchemy behaviour as through aiosqlite, on a real file
+shared with a second engine, including the waits and errors of SQLite's one write lock.
 
-The worker tests (test_conversations, test_faults, ...) run it end to end: every worker
-process they start on SQLite calls it this way.
+The worker tests (test_conversations, test_faults, ...) run it end to end: every atomic
+task a worker they start on SQLite runs, and every status poll, goes this way.
 """
 
 from __future__ import annotations

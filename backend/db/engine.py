@@ -20,24 +20,18 @@ from backend.db import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
-# Processes that run one task at a time on their loop (Celery worker processes) call
-# SQLite on the loop's thread; everyone else through aiosqlite's (db/sqlite_inline.py).
-_inline_sqlite_pids: set[int] = set()
-
 _engines: dict[tuple[int, str], AsyncEngine] = {}
 _factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
 
 
-def make_engine(url: str, *, autocommit: bool = False, inline: bool | None = None) -> AsyncEngine:
+def make_engine(url: str, *, autocommit: bool = False, inline: bool = False) -> AsyncEngine:
     """Build an engine tuned for its backend; SQLite is shared by several processes.
 
-    ``inline``: call SQLite on the loop's thread (default: whether this process said it
-    runs one task at a time, ``call_sqlite_inline``)."""
+    ``inline``: SQLite is called on the loop's thread, not aiosqlite's (db/sqlite_inline.py
+    says when that is safe)."""
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if inline is None:
-            inline = os.getpid() in _inline_sqlite_pids
         if inline and parsed.database not in (None, "", ":memory:"):
             options["async_creator"] = sqlite_inline.connector(
                 str(parsed.database), SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -63,12 +57,6 @@ def make_engine(url: str, *, autocommit: bool = False, inline: bool | None = Non
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         **options,
     )
-
-
-def call_sqlite_inline() -> None:
-    """Declare that this process runs one task at a time on its event loop, so its SQLite
-    engines (made from now on) call SQLite directly instead of through a thread."""
-    _inline_sqlite_pids.add(os.getpid())
 
 
 def make_unpooled_engine(url: str) -> AsyncEngine:
@@ -97,7 +85,10 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
 
 def get_engine(settings: Settings | None = None) -> AsyncEngine:
-    url = (settings or get_settings()).database_url
+    return get_engine_for((settings or get_settings()).database_url)
+
+
+def get_engine_for(url: str) -> AsyncEngine:
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
@@ -113,6 +104,39 @@ def get_autocommit_engine(url: str) -> AsyncEngine:
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = make_engine(url, autocommit=True)
+    return engine
+
+
+def get_atomic_engine(url: str) -> AsyncEngine:
+    """The engine an atomic run takes its one connection from in a Celery worker process.
+
+    A worker process runs one task at a time, and an atomic run's one transaction is the
+    only writer in it while it lasts, so on SQLite it calls SQLite on the loop
+    (db/sqlite_inline.py): its write lock is held for the statements, not for thread hops.
+    A leased run does not: its heartbeat writes beside the body's open transaction, and
+    on one thread that wait would be a deadlock until the busy timeout. Elsewhere (and in
+    the API's local executor, which shares its loop with requests) it is ``get_engine``."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return get_engine_for(url)
+    key = (os.getpid(), "atomic:" + url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url, inline=True)
+    return engine
+
+
+def get_read_engine(url: str) -> AsyncEngine:
+    """This process's engine for single reads on the request path (the status poll).
+
+    Under WAL a read never waits for SQLite's write lock, so on SQLite even the API calls
+    it on the loop (db/sqlite_inline.py) and skips two thread hops a poll. Elsewhere it is
+    the autocommit engine."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return get_autocommit_engine(url)
+    key = (os.getpid(), "read:" + url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url, autocommit=True, inline=True)
     return engine
 
 

@@ -1,4 +1,4 @@
-"""SQLite called on the event loop's own thread, for processes that run one task at a time.
+"""SQLite called on the event loop's own thread, where nothing else is waiting on that loop.
 
 aiosqlite runs every call on a helper thread and wakes the loop for its answer: about
 90 µs a hop, two hops a statement (execute, fetch), measured here, against 1 to 20 µs for
@@ -6,12 +6,15 @@ the SQLite call itself. A short task is five statements in one transaction, so t
 cost more than the work, and they are spent while the task holds SQLite's one write
 lock, which the API and the other worker processes are waiting for.
 
-In a Celery worker child the loop runs one task at a time, so a call that blocks the loop
-blocks nothing else that matters: it is what a sync worker does. ``connect`` gives
-SQLAlchemy's aiosqlite dialect (through ``create_async_engine(async_creator=...)``) an
-object with aiosqlite's interface whose coroutines finish at once, so a statement costs
-a greenlet switch instead of two thread hops. The API process serves many requests on
-one loop and keeps aiosqlite: a write there may wait seconds for the lock.
+Two places call SQLite this way (db/engine.py): an atomic run in a Celery worker process,
+whose loop runs that one task and whose one transaction is the only writer in the
+process while it lasts, so a wait for the lock blocks nothing else; and single reads on
+the request path (the status poll), which under WAL never wait for the lock. Everything
+else keeps aiosqlite: a leased run's heartbeat writes beside the body's open transaction
+(on one thread that would deadlock until the busy timeout), and the API must not stop
+serving while one of its writes waits. ``connector`` gives SQLAlchemy's aiosqlite dialect
+(through ``create_async_engine(async_creator=...)``) an object with aiosqlite's interface
+whose coroutines finish at once, so a statement costs a greenlet switch, not two hops.
 """
 
 from __future__ import annotations

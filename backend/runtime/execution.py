@@ -35,7 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.constants import State
@@ -94,11 +94,16 @@ async def execute(
     sessions: ledger.Sessions,
     settings: Settings,
     announcer: Announcer | None = None,
+    atomic_engine: AsyncEngine | None = None,
 ) -> Outcome:
-    """Run one delivery; every line logged meanwhile (by us or the body) has its task id."""
+    """Run one delivery; every line logged meanwhile (by us or the body) has its task id.
+
+    ``atomic_engine``: where an atomic run takes its connection (db.engine's
+    ``get_atomic_engine`` in a worker process); by default the sessions' engine."""
     token = current_task_id.set(task_id)
     try:
-        run = _Run(spec, task_id, args, executor, runner, sessions, settings, announcer)
+        engine = atomic_engine or ledger.engine_of(sessions)
+        run = _Run(spec, task_id, args, executor, runner, sessions, settings, announcer, engine)
         if not spec.tracked:
             return await run.untracked()
         if spec.mode is Mode.ATOMIC:
@@ -122,6 +127,7 @@ class _Run:
     sessions: ledger.Sessions
     settings: Settings
     announcer: Announcer | None
+    atomic_engine: AsyncEngine
     token: str = field(default_factory=lambda: str(uuid.uuid4()))
     attempt: int = 0
 
@@ -129,7 +135,7 @@ class _Run:
 
     async def atomic(self) -> Outcome:
         try:
-            async with ledger.engine_of(self.sessions).connect() as conn, conn.begin() as tx:
+            async with self.atomic_engine.connect() as conn, conn.begin() as tx:
                 attempt = await ledger.claim_in(conn, **self._claim_args())
                 if attempt is None:
                     await tx.rollback()

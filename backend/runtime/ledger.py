@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
-from backend.db.engine import get_autocommit_engine
+from backend.db.engine import get_autocommit_engine, get_read_engine
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
 from backend.db.queries import notifications
@@ -54,7 +54,8 @@ _STATUS = select(*_STATUS_COLUMNS).where(TaskRun.id == bindparam("task_id"))
 async def status_row(sessions: Sessions, task_id: str) -> Row[Any] | None:
     """What the status contract shows of one run: one primary-key read, no transaction, no
     ORM object (the status poll is the hottest read there is)."""
-    async with _autocommit(sessions).connect() as conn:
+    url = engine_of(sessions).url.render_as_string(hide_password=False)
+    async with get_read_engine(url).connect() as conn:
         result = await conn.execute(_STATUS, {"task_id": task_id})
         return result.first()
 

@@ -356,7 +356,7 @@ class Runtime:
             raise NoWorkerAnswered("the broker is down")
         task_id = str(uuid.uuid4())
         if not await self.broker.publish(
-            name=name, task_id=task_id, kwargs={}, queue=spec.queue, priority=9
+            name=name, task_id=task_id, kwargs={}, queue=spec.queue, priority=9, keep_result=True
         ):
             raise NoWorkerAnswered("the broker refused the message")
         result = self.celery.AsyncResult(task_id)

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore
 
 from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
-from backend.db.engine import call_sqlite_inline, get_session_factory
+from backend.db.engine import get_atomic_engine, get_session_factory
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
 from backend.runtime.execution import Kind, execute
@@ -41,8 +41,6 @@ def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
     if loop is None or loop.is_closed():
         loop = _loops[pid] = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        # One task at a time runs on this loop: nothing else waits while SQLite is called.
-        call_sqlite_inline()
     return loop.run_until_complete(coro)
 
 
@@ -88,6 +86,7 @@ def _entry(spec: TaskSpec, settings: Settings) -> Any:
                 sessions=get_session_factory(settings),
                 settings=settings,
                 announcer=worker_announcer(self.app, settings),
+                atomic_engine=get_atomic_engine(settings.database_url),
             )
         )
         if outcome.kind is Kind.SUCCEEDED:
