@@ -157,3 +157,69 @@ async def test_a_cancelled_task_is_never_run(body_settings: Settings) -> None:
     assert run is not None
     assert (run.state, run.attempts) == (State.REVOKED, 0)
     assert await _notifications(body_settings, task_id) == ["REVOKED"]
+
+
+async def test_submissions_are_recorded_whether_or_not_another_process_holds_the_lock(
+    body_settings: Settings,
+) -> None:
+    """The ledger's group commit on SQLite writes on the loop when the write lock is free
+    and waits for it on aiosqlite's thread when another process holds it: rows land either
+    way, and the loop keeps running while it waits (the API keeps serving)."""
+    import asyncio
+    import sqlite3
+    import threading
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    sessions = get_session_factory(body_settings)
+    inserter = ledger.Inserter(sessions)
+
+    def row(task_id: str) -> dict[str, Any]:
+        return {
+            "id": task_id,
+            "name": TaskName.NOOP.value,
+            "queue": "default",
+            "state": "PENDING",
+            "priority": 5,
+            "args": {},
+            "executor": "celery",
+            "attempts": 0,
+            "recoveries": 0,
+            "cancel_requested": False,
+            "idempotency_key": None,
+            "submitted_at": ledger.utcnow(),
+            "dispatched_at": ledger.utcnow(),
+        }
+
+    free = str(uuid.uuid4())
+    await inserter.add(row(free))
+
+    held = str(uuid.uuid4())
+    ticks = 0
+    if make_url(body_settings.database_url).get_backend_name() == "sqlite":
+        path = str(make_url(body_settings.database_url).database)
+        holder = sqlite3.connect(path, timeout=5, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.4, holder.rollback).start()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        started = time.monotonic()
+        await inserter.add(row(held))
+        waited = time.monotonic() - started
+        ticker.cancel()
+        holder.close()
+        assert waited >= 0.3  # it did wait for the lock...
+        assert ticks >= 10  # ...and the loop ran meanwhile
+    else:
+        await inserter.add(row(held))
+
+    for task_id in (free, held):
+        recorded = await ledger.get(sessions, task_id)
+        assert recorded is not None and recorded.state == State.PENDING

@@ -24,27 +24,34 @@ _engines: dict[tuple[int, str], AsyncEngine] = {}
 _factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
 
 
-def make_engine(url: str, *, autocommit: bool = False, inline: bool = False) -> AsyncEngine:
+def make_engine(
+    url: str,
+    *,
+    autocommit: bool = False,
+    inline: bool = False,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> AsyncEngine:
     """Build an engine tuned for its backend; SQLite is shared by several processes.
 
     ``inline``: SQLite is called on the loop's thread, not aiosqlite's (db/sqlite_inline.py
-    says when that is safe)."""
+    says when that is safe). ``busy_timeout_ms``: how long a SQLite writer waits for the
+    lock before "database is locked"."""
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if inline and parsed.database not in (None, "", ":memory:"):
             options["async_creator"] = sqlite_inline.connector(
-                str(parsed.database), SQLITE_BUSY_TIMEOUT_MS / 1000
+                str(parsed.database), busy_timeout_ms / 1000
             )
         engine = create_async_engine(
             url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": busy_timeout_ms / 1000},
             # A pool of file connections per process is cheap and avoids reopening the file.
             pool_size=5,
             max_overflow=10,
             **options,
         )
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, busy_timeout_ms)
         return engine
     return create_async_engine(
         url,
@@ -67,7 +74,7 @@ def make_unpooled_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
     database = engine.url.database
     if database and database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
@@ -78,7 +85,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # WAL lets readers run beside one writer across processes; the busy timeout makes a
         # writer wait for the lock instead of failing at once.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -122,6 +129,20 @@ def get_atomic_engine(url: str) -> AsyncEngine:
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = make_engine(url, inline=True)
+    return engine
+
+
+def get_nowait_engine(url: str) -> AsyncEngine | None:
+    """SQLite only (else None): autocommit, inline, and a writer that does not wait for the
+    lock at all. For a write on the API's loop that can try to take the lock and, when
+    another process holds it, go and wait for it on aiosqlite's thread instead (the
+    ledger's Inserter): the loop never blocks on the lock, and a free lock costs no hop."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return None
+    key = (os.getpid(), "nowait:" + url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0)
     return engine
 
 

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
-from backend.db.engine import get_autocommit_engine, get_read_engine
+from backend.db.engine import get_autocommit_engine, get_nowait_engine, get_read_engine
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
 from backend.db.queries import notifications
@@ -104,8 +104,37 @@ class Inserter:
                     _settle(future, None)
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
+        if await self._write_if_lock_free(rows):
+            return
         async with engine_of(self.sessions).begin() as conn:
-            await conn.execute(insert(TaskRun), rows)
+            await conn.execute(_INSERT_RUN, rows)
+
+    async def _write_if_lock_free(self, rows: list[dict[str, Any]]) -> bool:
+        """SQLite: take the write lock without waiting and insert on the loop (no thread
+        hop); False when another process holds the lock, and the caller waits for it on
+        aiosqlite's thread. Nothing here suspends, so the transaction cannot be cut off
+        half-way by a cancel."""
+        nowait = get_nowait_engine(engine_of(self.sessions).url.render_as_string(False))
+        if nowait is None:
+            return False
+        async with nowait.connect() as conn:
+            try:
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except OperationalError:
+                return False  # locked by someone else
+            try:
+                await conn.execute(_INSERT_RUN, rows)
+                await conn.exec_driver_sql("COMMIT")
+            except OperationalError:
+                await conn.exec_driver_sql("ROLLBACK")
+                return False  # a commit that could not finish without waiting
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+        return True
+
+
+_INSERT_RUN = insert(TaskRun)
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
