@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import event, select
@@ -141,6 +142,80 @@ async def test_an_atomic_body_that_fails_leaves_only_its_failure(
     assert run.error is not None
     assert "missing" in run.error["message"]
     assert await _notifications(body_settings, task_id) == ["FAILURE"]
+
+
+async def test_an_atomic_body_that_fails_on_its_own_terms_runs_once(
+    body_settings: Settings,
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def refuses(ctx: Any, **args: Any) -> None:
+        calls.append(args)
+        raise ValueError("no such thing")
+
+    spec = replace(get_spec(TaskName.SAVE_CONVERSATION), body=refuses)
+    task_id = await _accepted(body_settings, spec.name, {"x": 1})
+
+    outcome = await execute(
+        spec,
+        task_id,
+        {"x": 1},
+        executor="celery",
+        runner="test",
+        sessions=get_session_factory(body_settings),
+        settings=body_settings,
+    )
+
+    assert outcome.kind is Kind.FAILED
+    assert calls == [{"x": 1}]
+    run = await ledger.get(get_session_factory(body_settings), task_id)
+    assert run is not None
+    assert (run.state, run.attempts, run.error["message"]) == (State.FAILURE, 1, "no such thing")
+
+
+async def test_a_redelivered_or_recovered_atomic_task_commits_its_claim_before_its_body(
+    body_settings: Settings,
+) -> None:
+    """A try that killed its process rolled its claim back and left no count; the broker's
+    redelivery and the sweep's re-dispatch therefore run leased, so the attempt counts and
+    MAX_ATTEMPTS can stop a body that kills every worker it runs on."""
+    sessions = get_session_factory(body_settings)
+    args = {"session_id": "again", "role": "user", "content": "hi", "received_at": NOW}
+    redelivered = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    recovered = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    orphan = await ledger.get(sessions, recovered)
+    assert orphan is not None
+    assert await ledger.take_orphan(sessions, _as_orphan(orphan))  # what the sweep does
+
+    with counting_writes(body_settings) as writes:
+        first = await execute(
+            get_spec(TaskName.SAVE_CONVERSATION),
+            redelivered,
+            args,
+            executor="celery",
+            runner="test",
+            sessions=sessions,
+            settings=body_settings,
+            redelivered=True,
+        )
+    redelivered_commits = writes["commits"]
+    with counting_writes(body_settings) as writes:
+        second = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, recovered)
+
+    assert (first.kind, second) == (Kind.SUCCEEDED, Kind.SUCCEEDED)
+    assert redelivered_commits >= 3 and writes["commits"] >= 3  # claim, body, finish
+    for task_id in (redelivered, recovered):
+        run = await ledger.get(sessions, task_id)
+        assert run is not None
+        assert (run.state, run.attempts) == (State.SUCCESS, 1)
+
+
+def _as_orphan(run: Any) -> ledger.Orphan:
+    return ledger.Orphan(
+        id=run.id, name=run.name, queue=run.queue, args=run.args, priority=run.priority,
+        state=run.state, executor=run.executor, attempts=run.attempts,
+        dispatched_at=run.dispatched_at, heartbeat_at=run.heartbeat_at,
+    )  # fmt: skip
 
 
 async def test_a_cancelled_task_is_never_run(body_settings: Settings) -> None:

@@ -39,7 +39,8 @@ def make_engine(
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if inline and parsed.database not in (None, "", ":memory:"):
+        # (The inline connector opens a plain file path: a URL with options keeps aiosqlite.)
+        if inline and parsed.database not in (None, "", ":memory:") and not parsed.query:
             options["async_creator"] = sqlite_inline.connector(
                 str(parsed.database), busy_timeout_ms / 1000
             )
@@ -143,6 +144,15 @@ def get_nowait_engine(url: str) -> AsyncEngine | None:
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+            # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on
+            # the API's loop; the other connections' commits do it instead.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.close()
+
     return engine
 
 

@@ -34,7 +34,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -61,6 +61,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+# An atomic run that raised one of these is done again the leased way (see ``atomic``).
+_RUN_AGAIN_LEASED: tuple[type[BaseException], ...] = (InvalidRequestError, *TRANSIENT_ERRORS)
 
 
 class Kind(StrEnum):
@@ -95,18 +99,23 @@ async def execute(
     settings: Settings,
     announcer: Announcer | None = None,
     atomic_engine: AsyncEngine | None = None,
+    redelivered: bool = False,
 ) -> Outcome:
     """Run one delivery; every line logged meanwhile (by us or the body) has its task id.
 
     ``atomic_engine``: where an atomic run takes its connection (db.engine's
-    ``get_atomic_engine`` in a worker process); by default the sessions' engine."""
+    ``get_atomic_engine`` in a worker process); by default the sessions' engine.
+    ``redelivered``: the broker gave this message back (its worker died or rejected it).
+    Such a delivery of an atomic task runs leased: an atomic run that killed its process
+    rolled its claim back with it and left no count, and only a committed claim lets
+    ``MAX_ATTEMPTS`` stop a body that kills every worker it runs on."""
     token = current_task_id.set(task_id)
     try:
         engine = atomic_engine or ledger.engine_of(sessions)
         run = _Run(spec, task_id, args, executor, runner, sessions, settings, announcer, engine)
         if not spec.tracked:
             return await run.untracked()
-        if spec.mode is Mode.ATOMIC:
+        if spec.mode is Mode.ATOMIC and not redelivered:
             return await run.atomic()
         return await run.leased()
     finally:
@@ -136,11 +145,17 @@ class _Run:
     async def atomic(self) -> Outcome:
         try:
             async with self.atomic_engine.connect() as conn, conn.begin() as tx:
-                attempt = await ledger.claim_in(conn, **self._claim_args())
-                if attempt is None:
+                claimed = await ledger.claim_in(conn, **self._claim_args())
+                if claimed is None:
                     await tx.rollback()
                     return self._skipped()
-                self.attempt = attempt
+                if claimed.recoveries:
+                    # Re-sent by the recovery sweep: an earlier try may have died with its
+                    # claim rolled back. This one counts (see ``execute``).
+                    await tx.rollback()
+                    self.token = str(uuid.uuid4())
+                    return await self.leased()
+                self.attempt = claimed.attempts
                 result = await self._body_with_limit(self._context(_joined(conn)))
                 ending = self._ending(State.SUCCESS, result=result)
                 ended = await ledger.finish_in(
@@ -153,12 +168,18 @@ class _Run:
             return Outcome(Kind.REVOKED)
         except _SoftLimit:
             return await self._after_rollback(self._soft_limit_error())
-        except Exception:
-            # Rolled back: nothing of this run happened. The leased way commits as it
-            # goes, so the body's own error handling (and ours: retries) applies there.
+        except _RUN_AGAIN_LEASED:
+            # Rolled back: nothing of this run happened. A transient error is retried the
+            # leased way (backoff, attempts); an InvalidRequestError means the body caught
+            # a database error and rolled back, which inside one transaction ends the run,
+            # while the leased way commits as it goes and lets the body's handling work.
             log.info("atomic run of %s failed; running it leased", self.task_id, exc_info=True)
             self.token = str(uuid.uuid4())
             return await self.leased()
+        except Exception as exc:
+            # The body failed on its own terms: running it again would fail again.
+            log.exception("task %s %s failed", self.spec.name, self.task_id)
+            return await self._after_rollback(error_info(exc))
         await self._announce(
             self._event(State.STARTED),
             self._event(State.SUCCESS),

@@ -265,7 +265,7 @@ _CLAIM = (
         started_at=func.coalesce(TaskRun.started_at, bindparam("now", type_=_WHEN)),
         heartbeat_at=bindparam("now"),
     )
-    .returning(TaskRun.attempts)
+    .returning(TaskRun.attempts, TaskRun.recoveries)
 )
 
 
@@ -302,8 +302,8 @@ async def claim(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
     async with _autocommit(sessions).connect() as conn:
-        attempt: int | None = (await conn.execute(_CLAIM, params)).scalar_one_or_none()
-    return attempt
+        row = (await conn.execute(_CLAIM, params)).first()
+    return None if row is None else int(row.attempts)
 
 
 async def claim_in(
@@ -314,15 +314,16 @@ async def claim_in(
     runner: str,
     executor: str,
     lease: timedelta,
-) -> int | None:
+) -> Row[int, int] | None:
     """``claim`` inside the caller's transaction: the row stays locked (PostgreSQL: the
     row; SQLite: the database) until that transaction ends, so a duplicate delivery waits
-    and then finds the run finished, and nobody ever sees it half done."""
+    and then finds the run finished, and nobody ever sees it half done. The row's
+    ``attempts`` and ``recoveries``, or None when it is not ours to run."""
     params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
-    attempt: int | None = (await conn.execute(_CLAIM, params)).scalar_one_or_none()
-    return attempt
+    claimed: Row[int, int] | None = (await conn.execute(_CLAIM, params)).first()
+    return claimed
 
 
 def _held(task_id: str, token: str) -> Any:

@@ -62,6 +62,9 @@ def task(
     scheduled: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     def register(body: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        if mode is Mode.ATOMIC and scheduled:
+            # A RedBeat firing has no ledger row until the leased path adopts it.
+            raise ValueError(f"task {name!r}: scheduled tasks run leased")
         if str(name) in _registry and _registry[str(name)].body is not body:
             raise ValueError(f"task {name!r} is registered twice")
         _registry[str(name)] = TaskSpec(

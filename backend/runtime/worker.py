@@ -87,6 +87,7 @@ def _entry(spec: TaskSpec, settings: Settings) -> Any:
                 settings=settings,
                 announcer=worker_announcer(self.app, settings),
                 atomic_engine=get_atomic_engine(settings.database_url),
+                redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
             )
         )
         if outcome.kind is Kind.SUCCEEDED:
