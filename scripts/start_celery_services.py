@@ -206,11 +206,20 @@ def ensure_token(settings: Settings) -> tuple[str, str]:
     if settings.api_tokens:
         source = "API_TOKENS" if "API_TOKENS" in os.environ else str(settings.token_file)
         return settings.api_tokens[0], source
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     token = secrets.token_urlsafe(32)
-    settings.token_file.write_text(token + "\n")
-    settings.token_file.chmod(0o600)
+    # Created 0600 from the start: no moment in which another user could read it.
+    fd = os.open(settings.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
     return token, f"{settings.token_file.resolve()} (created now)"
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by this user only: data and logs hold the
+    token, uploads and the embedded Redis's data."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     logs: Path = args.log_dir.resolve()
-    logs.mkdir(parents=True, exist_ok=True)
+    private_dir(logs)
     started: list[Component] = []
     stopping = threading.Event()
 
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             local = parsed.hostname in {"127.0.0.1", "localhost", None}
             port = (parsed.port or 6379) if local else _free_port()
             redis_dir = settings.data_dir.resolve() / "redis"
-            redis_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir.resolve())
+            private_dir(redis_dir)
             redis_url = f"redis://127.0.0.1:{port}/0"
             url = redis_url
             launch(

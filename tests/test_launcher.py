@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -108,6 +109,14 @@ def test_the_launcher_runs_the_stack_and_stops_it_leaving_nothing(launched: Laun
     assert launched.said(f"Flower   {launched.flower}")
     assert launched.said(f"Token    {launched.token}")
     assert (launched.data_dir / "redis" / "appendonlydir").is_dir()  # embedded, with AOF
+    # The token, uploads, the embedded Redis's data and the logs are this user's alone.
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in (launched.data_dir, launched.data_dir / "redis", launched.data_dir.parent / "logs")
+    }
+    assert modes == {"data": 0o700, "redis": 0o700, "logs": 0o700}
+    token_file = launched.data_dir / "api_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
     with launched.client() as client:
         stream = EventStream(client)
