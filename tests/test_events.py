@@ -134,10 +134,12 @@ def test_system_views_show_the_worker_and_the_queues(
     body = wait_for(
         lambda: (
             (b := client.get("/api/system/workers").json())
-            and any(w["name"] == worker.node and w["ping"] for w in b["workers"])
+            # every part of the broadcast answered (a busy worker may miss one reply's
+            # timeout, and the view then shows what it has: the next call completes it)
+            and any(w["name"] == worker.node and w["ping"] and w["pool"] for w in b["workers"])
             and b
         ),
-        15,
+        30,
         what="the worker in /api/system/workers",
     )
     ours = next(w for w in body["workers"] if w["name"] == worker.node)
