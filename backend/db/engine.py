@@ -8,6 +8,7 @@ its parent's pooled connections (which belong to another process and another loo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -97,22 +98,14 @@ def get_engine(settings: Settings | None = None) -> AsyncEngine:
 
 
 def get_engine_for(url: str) -> AsyncEngine:
-    key = (os.getpid(), url)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(url)
-    return engine
+    return _cached("", url, lambda: make_engine(url))
 
 
 def get_autocommit_engine(url: str) -> AsyncEngine:
     """This process's engine in autocommit mode, for single statements that are atomic by
     themselves (the ledger's transitions): no BEGIN/COMMIT round trips, its own pool so no
     connection switches isolation level on every checkout."""
-    key = (os.getpid(), "autocommit:" + url)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(url, autocommit=True)
-    return engine
+    return _cached("autocommit", url, lambda: make_engine(url, autocommit=True))
 
 
 def get_atomic_engine(url: str) -> AsyncEngine:
@@ -124,13 +117,9 @@ def get_atomic_engine(url: str) -> AsyncEngine:
     A leased run does not: its heartbeat writes beside the body's open transaction, and
     on one thread that wait would be a deadlock until the busy timeout. Elsewhere (and in
     the API's local executor, which shares its loop with requests) it is ``get_engine``."""
-    if make_url(url).get_backend_name() != "sqlite":
+    if not _is_sqlite(url):
         return get_engine_for(url)
-    key = (os.getpid(), "atomic:" + url)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(url, inline=True)
-    return engine
+    return _cached("atomic", url, lambda: make_engine(url, inline=True))
 
 
 def get_nowait_engine(url: str) -> AsyncEngine | None:
@@ -138,22 +127,11 @@ def get_nowait_engine(url: str) -> AsyncEngine | None:
     lock at all. For a write on the API's loop that can try to take the lock and, when
     another process holds it, go and wait for it on aiosqlite's thread instead (the
     ledger's Inserter): the loop never blocks on the lock, and a free lock costs no hop."""
-    if make_url(url).get_backend_name() != "sqlite":
+    if not _is_sqlite(url):
         return None
-    key = (os.getpid(), "nowait:" + url)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _no_checkpoint(dbapi_connection: Any, _record: Any) -> None:
-            # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on
-            # the API's loop; the other connections' commits do it instead.
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-            cursor.close()
-
-    return engine
+    return _cached("nowait", url, lambda: _without_checkpoints(
+        make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0)
+    ))  # fmt: skip
 
 
 def get_read_engine(url: str) -> AsyncEngine:
@@ -162,12 +140,33 @@ def get_read_engine(url: str) -> AsyncEngine:
     Under WAL a read never waits for SQLite's write lock, so on SQLite even the API calls
     it on the loop (db/sqlite_inline.py) and skips two thread hops a poll. Elsewhere it is
     the autocommit engine."""
-    if make_url(url).get_backend_name() != "sqlite":
+    if not _is_sqlite(url):
         return get_autocommit_engine(url)
-    key = (os.getpid(), "read:" + url)
+    return _cached("read", url, lambda: make_engine(url, autocommit=True, inline=True))
+
+
+def _cached(kind: str, url: str, build: Callable[[], AsyncEngine]) -> AsyncEngine:
+    """This process's engine of ``kind`` for ``url``, made on first use (after any fork)."""
+    key = (os.getpid(), f"{kind}:{url}" if kind else url)
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = make_engine(url, autocommit=True, inline=True)
+        engine = _engines[key] = build()
+    return engine
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _without_checkpoints(engine: AsyncEngine) -> AsyncEngine:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _no_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+        # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on
+        # the API's loop; the other connections' commits do it instead.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.close()
+
     return engine
 
 

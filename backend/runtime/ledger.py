@@ -54,8 +54,7 @@ _STATUS = select(*_STATUS_COLUMNS).where(TaskRun.id == bindparam("task_id"))
 async def status_row(sessions: Sessions, task_id: str) -> Row[Any] | None:
     """What the status contract shows of one run: one primary-key read, no transaction, no
     ORM object (the status poll is the hottest read there is)."""
-    url = engine_of(sessions).url.render_as_string(hide_password=False)
-    async with get_read_engine(url).connect() as conn:
+    async with get_read_engine(_url(sessions)).connect() as conn:
         result = await conn.execute(_STATUS, {"task_id": task_id})
         return result.first()
 
@@ -114,7 +113,7 @@ class Inserter:
         hop); False when another process holds the lock, and the caller waits for it on
         aiosqlite's thread. Nothing here suspends, so the transaction cannot be cut off
         half-way by a cancel."""
-        nowait = get_nowait_engine(engine_of(self.sessions).url.render_as_string(False))
+        nowait = get_nowait_engine(_url(self.sessions))
         if nowait is None:
             return False
         async with nowait.connect() as conn:
@@ -239,7 +238,12 @@ def engine_of(sessions: Sessions) -> AsyncEngine:
 def _autocommit(sessions: Sessions) -> AsyncEngine:
     """A transition is one UPDATE, atomic by itself; running it without BEGIN/COMMIT and
     without an ORM session halves its cost, and it runs several times per task."""
-    return get_autocommit_engine(engine_of(sessions).url.render_as_string(hide_password=False))
+    return get_autocommit_engine(_url(sessions))
+
+
+def _url(sessions: Sessions) -> str:
+    """The URL the sessions' engine was made from, as the engine getters key it."""
+    return engine_of(sessions).url.render_as_string(hide_password=False)
 
 
 _WHEN = TaskRun.heartbeat_at.type
