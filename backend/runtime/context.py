@@ -31,6 +31,7 @@ class LeaseLost(Exception):
 ProgressWriter = Callable[[int, int | None, str | None], Awaitable[None]]
 CancelProbe = Callable[[], Awaitable[bool]]
 Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]
+Fence = Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass
@@ -47,6 +48,9 @@ class TaskContext:
     _write_progress: ProgressWriter
     _probe_cancel: CancelProbe
     _publish: Publisher | None = None
+    # None when the body runs inside the claim's own transaction (an atomic run): nobody
+    # can take the run over before that transaction ends, so there is nothing to prove.
+    _fence: Fence | None = None
     cancel_check_interval: float = 1.0
     _cancelled: bool = False
     _last_probe: float = field(default=0.0)
@@ -63,6 +67,16 @@ class TaskContext:
         """Put an event of this kind on the events stream (best effort)."""
         if self._publish is not None:
             await self._publish(kind, data)
+
+    async def hold(self, session: AsyncSession) -> None:
+        """Call inside each transaction that writes data, just before it commits.
+
+        Raises ``LeaseLost`` (or ``TaskCancelled``) when this run no longer holds its claim:
+        its lease lapsed (a stall, a partition) and a successor took over, or it was
+        cancelled. The transaction then rolls back, so a runner that lost its lease writes
+        nothing beside the one that replaced it."""
+        if self._fence is not None:
+            await self._fence(session)
 
     def mark_cancelled(self) -> None:
         self._cancelled = True

@@ -46,25 +46,18 @@ from backend.runtime.context import (
     LeaseLost,
     TaskCancelled,
     TaskContext,
-    TransientError,
     error_info,
 )
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.registry import Mode, TaskSpec, notifies
+from backend.runtime.transient import is_transient
 
 log = logging.getLogger(__name__)
 
-# Errors worth another attempt: the database or the network blinked, not the input.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    OperationalError,
-    ConnectionError,
-    TimeoutError,
-)
 
-
-# An atomic run that raised one of these is done again the leased way (see ``atomic``).
-_RUN_AGAIN_LEASED: tuple[type[BaseException], ...] = (InvalidRequestError, *TRANSIENT_ERRORS)
+def _run_again_leased(exc: BaseException) -> bool:
+    """An atomic run that raised this is done again the leased way (see ``atomic``)."""
+    return isinstance(exc, InvalidRequestError) or is_transient(exc)
 
 
 class Kind(StrEnum):
@@ -168,15 +161,16 @@ class _Run:
             return Outcome(Kind.REVOKED)
         except _SoftLimit:
             return await self._after_rollback(self._soft_limit_error())
-        except _RUN_AGAIN_LEASED:
-            # Rolled back: nothing of this run happened. A transient error is retried the
-            # leased way (backoff, attempts); an InvalidRequestError means the body caught
-            # a database error and rolled back, which inside one transaction ends the run,
-            # while the leased way commits as it goes and lets the body's handling work.
-            log.info("atomic run of %s failed; running it leased", self.task_id, exc_info=True)
-            self.token = str(uuid.uuid4())
-            return await self.leased()
         except Exception as exc:
+            if _run_again_leased(exc):
+                # Rolled back: nothing of this run happened. A transient error is retried
+                # the leased way (backoff, attempts); an InvalidRequestError means the body
+                # caught a database error and rolled back, which inside one transaction
+                # ends the run, while the leased way commits as it goes and lets the
+                # body's handling work.
+                log.info("atomic run of %s failed; running it leased", self.task_id, exc_info=True)
+                self.token = str(uuid.uuid4())
+                return await self.leased()
             # The body failed on its own terms: running it again would fail again.
             log.exception("task %s %s failed", self.spec.name, self.task_id)
             return await self._after_rollback(error_info(exc))
@@ -269,7 +263,7 @@ class _Run:
         if isinstance(exc, LeaseLost):
             return Outcome(Kind.LOST)
         error = error_info(exc)
-        if not isinstance(exc, TRANSIENT_ERRORS):
+        if not is_transient(exc):
             log.exception("task %s %s failed", self.spec.name, self.task_id)
             return await self._fail(error)
         if self.attempt > self.settings.task_max_retries:
@@ -366,7 +360,12 @@ class _Run:
             _write_progress=self._write_progress if leased else _no_progress,
             _probe_cancel=self._probe_cancel if self.spec.tracked else _never_cancelled,
             _publish=self.announcer.publish if self.announcer is not None else None,
+            _fence=self._fence if leased else None,
         )
+
+    async def _fence(self, session: AsyncSession) -> None:
+        if not await ledger.hold_in(session, task_id=self.task_id, token=self.token):
+            await _raise_if_gone(self.sessions, self.task_id)
 
     async def _write_progress(self, current: int, total: int | None, message: str | None) -> None:
         percent = round(100.0 * current / total, 2) if total else None

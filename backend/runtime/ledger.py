@@ -338,6 +338,19 @@ def _held(task_id: str, token: str) -> Any:
     )
 
 
+async def hold_in(session: AsyncSession, *, task_id: str, token: str) -> bool:
+    """Inside the caller's transaction: prove the run still holds its claim, and renew it.
+
+    This is the fence on a leased body's data writes. The UPDATE locks the run's row
+    (PostgreSQL) or the database (SQLite) until the caller commits, so a successor's claim
+    cannot land between this check and that commit; a claim that landed before it makes
+    this return False, and the caller rolls its writes back."""
+    result = await session.execute(
+        update(TaskRun).where(_held(task_id, token)).values(heartbeat_at=utcnow())
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
 async def heartbeat(sessions: Sessions, *, task_id: str, token: str) -> bool:
     """Extend the lease; False when the row is no longer ours (finished, revoked, taken)."""
     return await _update(sessions, _held(task_id, token), heartbeat_at=utcnow()) == 1

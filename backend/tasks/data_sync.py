@@ -181,6 +181,10 @@ async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
 # -- syncing ----------------------------------------------------------------------------
 
 
+class FileBusy(BadFile):
+    """Another sync of the same file is running; one sync per file at a time."""
+
+
 Rows = Iterator[tuple[int, readers.Row | str]]
 
 
@@ -230,6 +234,8 @@ async def sync_file(ctx: TaskContext, file_id: int) -> dict[str, Any]:
     keys = list(dataset.key_columns)
     try:
         return await _sync(ctx, f, keys, checkpoint, settings.sync_batch_size)
+    except FileBusy:
+        raise  # the file is another sync's: leave its state alone
     except BadFile:
         await _set_state(ctx, file_id, State.FAILURE)
         raise
@@ -250,6 +256,13 @@ async def _sync(
     checkpoint: Any,
     batch_size: int,
 ) -> dict[str, Any]:
+    async with ctx.session() as session, session.begin():
+        holder = await q.take_file(session, file_id=f.id, task_id=ctx.task_id)
+        if holder is not None:
+            raise FileBusy(f"file {f.id} is being synced by task {holder}; sync it again later")
+        if checkpoint is None:
+            await q.clear_errors(session, file_id=f.id)
+        await ctx.hold(session)
     path = Path(f.stored_path)
     if not await asyncio.to_thread(path.is_file):
         raise BadFile(f"the stored file {path.name} is missing")
@@ -264,10 +277,6 @@ async def _sync(
         )
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
     done = checkpoint.rows_done if checkpoint is not None else 0
-    if checkpoint is None:
-        async with ctx.session() as session, session.begin():
-            await q.clear_errors(session, file_id=f.id)
-            await q.set_file_state(session, file_id=f.id, state=State.STARTED, task_id=ctx.task_id)
     rows = readers.iter_rows(path, info)
     if done:
         await asyncio.to_thread(_skip, rows, done)  # resume after the last committed batch
@@ -288,6 +297,7 @@ async def _sync(
             await q.save_checkpoint(
                 session, task_id=ctx.task_id, file_id=f.id, rows_done=done, counts=counts
             )
+            await ctx.hold(session)
         await ctx.progress(
             done,
             max(info.total_rows, done),
@@ -300,6 +310,7 @@ async def _sync(
         )
         await q.drop_checkpoint(session, task_id=ctx.task_id)
         errors = await q.errors_for(session, file_id=f.id, limit=100)
+        await ctx.hold(session)
     return _summary(f, counts, errors)
 
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from backend.db.models import Dataset, Record, SyncCheckpoint, SyncError, SyncFile
+from backend.constants import FINAL_STATES, State
+from backend.db.models import Dataset, Record, SyncCheckpoint, SyncError, SyncFile, TaskRun
 from backend.db.models.base import utcnow
 
 IN_CHUNK = 900  # keys per IN (...) list, well under SQLite's variable limit
@@ -116,6 +117,35 @@ async def list_files(session: AsyncSession, *, dataset: str | None = None) -> li
     return list((await session.scalars(query)).all())
 
 
+async def take_file(session: AsyncSession, *, file_id: int, task_id: str) -> str | None:
+    """Make ``task_id`` the file's one running sync, inside the caller's transaction.
+
+    Returns None when the file is ours (it was free, or this task already held it: a
+    resumed or redelivered run), else the id of the live sync that holds it. Two syncs of
+    one file at once would clear each other's rejected rows and race on the counters; the
+    holder counts as gone once its run is final, so a sync that died never locks a file."""
+    holder_alive = exists().where(
+        TaskRun.id == SyncFile.last_sync_task_id, TaskRun.state.not_in(FINAL_STATES)
+    )
+    taken = await session.execute(
+        update(SyncFile)
+        .where(
+            SyncFile.id == file_id,
+            or_(
+                SyncFile.last_sync_task_id.is_(None),
+                SyncFile.last_sync_task_id == task_id,
+                SyncFile.last_sync_state != State.STARTED,
+                ~holder_alive,
+            ),
+        )
+        .values(last_sync_state=State.STARTED, last_sync_task_id=task_id)
+    )
+    if int(taken.rowcount) == 1:  # type: ignore[attr-defined]
+        return None
+    holder = await session.scalar(select(SyncFile.last_sync_task_id).where(SyncFile.id == file_id))
+    return str(holder)
+
+
 async def set_file_state(
     session: AsyncSession,
     *,
@@ -124,7 +154,9 @@ async def set_file_state(
     task_id: str,
     counts: Counts | None = None,
 ) -> None:
-    values: dict[str, Any] = {"last_sync_state": state, "last_sync_task_id": task_id}
+    """Only the file's current sync writes its state: a sync that lost the file (or never
+    took it) changes nothing."""
+    values: dict[str, Any] = {"last_sync_state": state}
     if counts is not None:
         values |= {
             "last_synced_at": utcnow(),
@@ -134,7 +166,11 @@ async def set_file_state(
             "rows_unchanged": counts.unchanged,
             "rows_rejected": counts.rejected,
         }
-    await session.execute(update(SyncFile).where(SyncFile.id == file_id).values(**values))
+    await session.execute(
+        update(SyncFile)
+        .where(SyncFile.id == file_id, SyncFile.last_sync_task_id == task_id)
+        .values(**values)
+    )
 
 
 # -- records ----------------------------------------------------------------------------
