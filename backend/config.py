@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     redbeat_lock_timeout: int = 30
     task_run_retention_days: float = 7.0
     sync_error_retention_days: float = 30.0
+    # Stored uploads no file row points at, and half-written ones, are removed once older
+    # than this (younger ones may belong to a registration still waiting in the queue).
+    upload_sweep_age_seconds: float = 24 * 3600.0
 
     # Logging: json | text | auto (JSON unless stderr is a terminal).
     log_level: str = "INFO"

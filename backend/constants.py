@@ -30,6 +30,7 @@ class TaskName(StrEnum):
     RECOVER = "system.recover"
     PURGE_CONVERSATIONS = "cleanup.purge_conversations"
     PURGE_TASK_RUNS = "cleanup.purge_task_runs"
+    SWEEP_UPLOADS = "cleanup.sweep_uploads"
     REGISTER_FILE = "data_sync.register_file"
     SCAN_INBOX = "data_sync.scan_inbox"
     SYNC_FILE = "data_sync.sync_file"
@@ -55,6 +56,12 @@ FINAL_STATES: frozenset[str] = frozenset({State.SUCCESS, State.FAILURE, State.RE
 RUNNING_STATES: frozenset[str] = frozenset({State.STARTED, State.PROGRESS})
 # A row in one of these states waits for a message (or a local slot) to run it.
 WAITING_STATES: frozenset[str] = frozenset({State.PENDING, State.RETRY})
+
+
+# Names a client (or an inbox folder) may give a dataset and its key columns; the API
+# validates requests with them and the inbox scan validates folder names.
+DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+COLUMN_PATTERN = r"^[^\x00-\x1f,]{1,200}$"
 
 
 class Executor(StrEnum):

@@ -140,6 +140,18 @@ async def _inbox(settings: Settings) -> dict[str, Any]:
     return {}
 
 
+@case(TaskName.SWEEP_UPLOADS)
+async def _sweep(settings: Settings) -> dict[str, Any]:
+    """Leftovers for the first run to remove (the age limit is the setting's: a day, so
+    these stay, and what the second run must not touch is everything)."""
+    uploads = settings.data_dir.resolve() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    for name in (f".partial-{uuid.uuid4().hex}", f"{uuid.uuid4().hex}.csv"):
+        (uploads / name).write_bytes(b"left behind")
+    await _registered_file(settings, f"ds_{uuid.uuid4().hex[:8]}", CSV + b"kept\n")
+    return {}
+
+
 @case(TaskName.SYNC_FILE)
 async def _sync(settings: Settings) -> dict[str, Any]:
     return {"file_id": await _registered_file(settings, f"ds_{uuid.uuid4().hex[:8]}")}

@@ -12,12 +12,14 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 CHUNK = 1 << 20
+PARTIAL_PREFIX = ".partial-"
 _SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
 
 
@@ -66,7 +68,7 @@ async def save_stream(
 ) -> StoredFile:
     directory = uploads_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / f".partial-{uuid.uuid4().hex}"
+    partial = directory / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
     digest, size = hashlib.sha256(), 0
     try:
         with partial.open("wb") as out:
@@ -84,15 +86,76 @@ async def save_stream(
         partial.unlink(missing_ok=True)
 
 
-def adopt(path: Path, *, data_dir: Path) -> StoredFile:
-    """Move a file (from the inbox) into the uploads directory, checksummed."""
+def checksum_of(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def copy_in(path: Path, *, data_dir: Path) -> StoredFile:
+    """Give an inbox file a stored name under uploads, leaving the inbox file in place.
+
+    The inbox file is removed only once its registration committed, so a scan that fails
+    or is killed half-way loses nothing: the next scan finds the file again, and a stored
+    copy nobody registered is swept later. A hard link costs nothing; across file systems
+    it is a copy, made under a ``.partial-`` name so a half-written one is never taken for
+    a file."""
+    checksum, size = checksum_of(path)
     directory = uploads_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    final = _final_path(directory, digest.hexdigest(), path.name)
-    shutil.move(str(path), final)
-    return StoredFile(final, size, digest.hexdigest(), display_name(path.name))
+    final = _final_path(directory, checksum, path.name)
+    try:
+        os.link(path, final)
+    except OSError:
+        partial = directory / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
+        try:
+            shutil.copyfile(path, partial)
+            partial.rename(final)
+        finally:
+            partial.unlink(missing_ok=True)
+    return StoredFile(final, size, checksum, display_name(path.name))
+
+
+def is_upload(path: Path, *, data_dir: Path) -> bool:
+    """Whether ``path`` is a stored upload (only those may be removed on the client's behalf)."""
+    return path.resolve().parent == uploads_dir(data_dir)
+
+
+def _age_stamp(path: Path) -> float:
+    """When the file last changed or got a new name: a hard link (``copy_in``) keeps the
+    inbox file's mtime, possibly days old, but sets the ctime to now."""
+    st = path.stat()
+    return max(st.st_mtime, st.st_ctime)
+
+
+@dataclass(frozen=True)
+class Swept:
+    partials: int
+    unreferenced: int
+
+
+def sweep(data_dir: Path, *, referenced: set[str], older_than: float) -> Swept:
+    """Remove what no registration owns: ``.partial-`` files of killed writers and stored
+    files no row points at, both only when older than ``older_than`` seconds (a younger
+    unreferenced file may belong to a registration still in the queue)."""
+    directory = uploads_dir(data_dir)
+    if not directory.is_dir():
+        return Swept(0, 0)
+    cutoff = time.time() - older_than
+    partials = unreferenced = 0
+    for path in directory.iterdir():
+        try:
+            if not path.is_file() or _age_stamp(path) >= cutoff:
+                continue
+            if path.name.startswith(PARTIAL_PREFIX):
+                path.unlink()
+                partials += 1
+            elif str(path) not in referenced:
+                path.unlink()
+                unreferenced += 1
+        except FileNotFoundError:
+            continue  # removed meanwhile (a sweep running twice): nothing to do
+    return Swept(partials, unreferenced)

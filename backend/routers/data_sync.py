@@ -6,6 +6,7 @@ every read, is a task like any other.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any
 
@@ -26,7 +27,7 @@ from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
 from backend.constants import State, TaskName
 from backend.files import storage
 from backend.routers import tasks
-from backend.runtime import Runtime, TaskFailed
+from backend.runtime import ExecutorFull, Runtime, TaskFailed
 from backend.schemas.data_sync import (
     COLUMN_PATTERN,
     DATASET_PATTERN,
@@ -98,17 +99,23 @@ async def register_file(
         # A body past the limit was refused before it was read (BoundedBodyRoute); this is
         # a file that fitted only thanks to the allowance for the multipart framing.
         raise HTTPException(413, str(exc)) from None
-    submission = await runtime.submit(
-        TaskName.REGISTER_FILE,
-        {
-            "stored_path": str(stored.path),
-            "original_name": stored.original_name,
-            "size": stored.size,
-            "checksum": stored.checksum,
-            "dataset": dataset,
-            "key_columns": columns,
-        },
-    )
+    try:
+        submission = await runtime.submit(
+            TaskName.REGISTER_FILE,
+            {
+                "stored_path": str(stored.path),
+                "original_name": stored.original_name,
+                "size": stored.size,
+                "checksum": stored.checksum,
+                "dataset": dataset,
+                "key_columns": columns,
+            },
+        )
+    except ExecutorFull:
+        # Refused (429/503): no registration will ever read this copy. (Other failures
+        # leave it to the upload sweep: the registration may have been recorded.)
+        await asyncio.to_thread(stored.path.unlink, missing_ok=True)
+        raise
     task_id = submission.run.id
     try:
         outcome = await result_or_accepted(runtime, task_id, REGISTER_WAIT_SECONDS)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, Field
 
+from backend.constants import COLUMN_PATTERN, DATASET_PATTERN
 from backend.schemas.types import JSON_INTEGER
 
-DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-COLUMN_PATTERN = r"^[^\x00-\x1f,]{1,200}$"
+__all__ = ["COLUMN_PATTERN", "DATASET_PATTERN"]  # the routers take them from here
 
 DatasetPath = Annotated[str, Path(pattern=DATASET_PATTERN)]
 Priority = Annotated[int, Field(ge=0, le=9, description="9 runs first"), JSON_INTEGER]

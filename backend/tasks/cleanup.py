@@ -6,6 +6,7 @@ is idempotent, so a firing that is redelivered or runs twice deletes nothing ext
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.constants import Queue, TaskName
 from backend.db.models.base import utcnow
 from backend.db.queries import conversations, notifications, retention
+from backend.db.queries import data_sync as files
+from backend.files import storage
 from backend.runtime.context import TaskContext
 from backend.runtime.registry import task
 
@@ -102,3 +105,21 @@ async def purge_task_runs(ctx: TaskContext) -> dict[str, Any]:
         "deleted_notifications": notes,
         "longest_transaction_ms": round(longest * 1000, 1),
     }
+
+
+@task(TaskName.SWEEP_UPLOADS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
+async def sweep_uploads(ctx: TaskContext) -> dict[str, Any]:
+    """Stored uploads nobody registered (a refused upload whose worker died before removing
+    it, an inbox copy of a killed scan) and ``.partial-`` files of killed writers.
+
+    The referenced set is read before the directory is listed, so a file registered
+    meanwhile is young and is kept by the age limit, never judged unreferenced."""
+    async with ctx.session() as session:
+        referenced = await files.stored_paths(session)
+    swept = await asyncio.to_thread(
+        storage.sweep,
+        ctx.settings.data_dir,
+        referenced=referenced,
+        older_than=ctx.settings.upload_sweep_age_seconds,
+    )
+    return {"deleted_partials": swept.partials, "deleted_unreferenced": swept.unreferenced}

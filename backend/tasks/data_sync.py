@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from backend.constants import Queue, State, TaskName
+from backend.constants import COLUMN_PATTERN, DATASET_PATTERN, Queue, State, TaskName
 from backend.db.models import SyncError, SyncFile
 from backend.db.models.base import utcnow
 from backend.db.queries import data_sync as q
@@ -58,6 +59,21 @@ def file_out(f: SyncFile) -> dict[str, Any]:
 
 
 async def _register(
+    ctx: TaskContext, stored: storage.StoredFile, dataset: str, key_columns: list[str]
+) -> dict[str, Any]:
+    try:
+        return await _record(ctx, stored, dataset, key_columns)
+    except IntegrityError:
+        # Another registration of the same bytes (an upload, a concurrent scan) committed
+        # between our look-up and our insert.
+        async with ctx.session() as session:
+            first = await q.file_by_checksum(session, dataset=dataset, checksum=stored.checksum)
+        if first is None:
+            raise
+        return _settle_existing(first, stored)
+
+
+async def _record(
     ctx: TaskContext, stored: storage.StoredFile, dataset: str, key_columns: list[str]
 ) -> dict[str, Any]:
     """Record a stored file; the same bytes again give the first file (duplicate).
@@ -129,13 +145,12 @@ async def register_file(
     stored = storage.StoredFile(Path(stored_path), size, checksum, original_name)
     try:
         return await _register(ctx, stored, dataset, key_columns)
-    except IntegrityError:
-        # Another registration of the same bytes committed first.
-        async with ctx.session() as session:
-            first = await q.file_by_checksum(session, dataset=dataset, checksum=checksum)
-        if first is None:
-            raise
-        return _settle_existing(first, stored)
+    except BadFile:
+        # Refused (422): no row points at this upload and none ever will, so it goes now
+        # rather than waiting for the sweep. A second run finds it gone and refuses again.
+        if storage.is_upload(stored.path, data_dir=ctx.settings.data_dir):
+            stored.path.unlink(missing_ok=True)
+        raise
 
 
 @task(TaskName.SCAN_INBOX, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
@@ -143,7 +158,10 @@ async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
     """Register every settled file in ``DATA_DIR/inbox/<dataset>/``.
 
     A dataset folder may hold a ``.keys`` file (comma-separated key columns) for a new
-    dataset; files that cannot be registered are moved to ``<dataset>/.rejected/``.
+    dataset; files that cannot be registered are moved to ``<dataset>/.rejected/``, and so
+    are the files of a folder whose name is not a dataset name. A file leaves the inbox
+    only once its registration committed (see ``storage.copy_in``); two scans at once
+    register it once, the second finding it a duplicate or gone.
     """
     data_dir = ctx.settings.data_dir
     inbox = storage.inbox_dir(data_dir)
@@ -152,30 +170,58 @@ async def scan_inbox(ctx: TaskContext) -> dict[str, Any]:
         return report
     now = utcnow().timestamp()
     for folder in sorted(p for p in inbox.iterdir() if p.is_dir()):
-        keys_file = folder / KEYS_FILE
-        keys = (
-            [k.strip() for k in keys_file.read_text().split(",") if k.strip()]
-            if keys_file.is_file()
-            else []
-        )
+        valid = re.match(DATASET_PATTERN, folder.name) is not None
+        keys = _inbox_keys(folder)
         for path in sorted(folder.iterdir()):
-            if not path.is_file() or path.name.startswith("."):
+            if path.name.startswith("."):
                 continue
-            if now - path.stat().st_mtime < INBOX_SETTLE_SECONDS:
-                continue  # still being written
-            await ctx.checkpoint()
-            stored = await asyncio.to_thread(storage.adopt, path, data_dir=data_dir)
             try:
-                outcome = await _register(ctx, stored, folder.name, keys)
-            except BadFile as exc:
-                rejected = folder / ".rejected"
-                rejected.mkdir(exist_ok=True)
-                stored.path.rename(rejected / path.name)
-                report["rejected"].append({"name": path.name, "reason": str(exc)})
-                continue
-            bucket = "duplicates" if outcome["duplicate"] else "registered"
-            report[bucket].append({"name": path.name, "file_id": outcome["file_id"]})
+                if not path.is_file() or now - path.stat().st_mtime < INBOX_SETTLE_SECONDS:
+                    continue  # not a file, or still being written
+                await ctx.checkpoint()
+                if not valid:
+                    reason = f"{folder.name!r} is not a dataset name ({DATASET_PATTERN})"
+                    _reject(path, reason, report)
+                    continue
+                await _scan_one(ctx, path, folder.name, keys, report)
+            except FileNotFoundError:
+                continue  # another scan took it meanwhile
     return report
+
+
+def _inbox_keys(folder: Path) -> list[str]:
+    keys_file = folder / KEYS_FILE
+    if not keys_file.is_file():
+        return []
+    keys = [k.strip() for k in keys_file.read_text(errors="replace").split(",") if k.strip()]
+    return [k for k in keys if re.match(COLUMN_PATTERN, k)][:20]
+
+
+async def _scan_one(
+    ctx: TaskContext, path: Path, dataset: str, keys: list[str], report: dict[str, list[Any]]
+) -> None:
+    stored = await asyncio.to_thread(storage.copy_in, path, data_dir=ctx.settings.data_dir)
+    try:
+        outcome = await _register(ctx, stored, dataset, keys)
+    except BadFile as exc:
+        stored.path.unlink(missing_ok=True)
+        _reject(path, str(exc), report)
+        return
+    except BaseException:
+        # Not the file's fault (the database blinked, a cancel): it stays in the inbox for
+        # the next scan, and the copy goes.
+        stored.path.unlink(missing_ok=True)
+        raise
+    await asyncio.to_thread(path.unlink, missing_ok=True)
+    bucket = "duplicates" if outcome["duplicate"] else "registered"
+    report[bucket].append({"name": path.name, "file_id": outcome["file_id"]})
+
+
+def _reject(path: Path, reason: str, report: dict[str, list[Any]]) -> None:
+    rejected = path.parent / ".rejected"
+    rejected.mkdir(exist_ok=True)
+    path.rename(rejected / path.name)
+    report["rejected"].append({"name": path.name, "reason": reason})
 
 
 # -- syncing ----------------------------------------------------------------------------

@@ -117,6 +117,11 @@ async def list_files(session: AsyncSession, *, dataset: str | None = None) -> li
     return list((await session.scalars(query)).all())
 
 
+async def stored_paths(session: AsyncSession) -> set[str]:
+    """Every stored file a registered file points at (what the upload sweep keeps)."""
+    return set(await session.scalars(select(SyncFile.stored_path)))
+
+
 async def take_file(session: AsyncSession, *, file_id: int, task_id: str) -> str | None:
     """Make ``task_id`` the file's one running sync, inside the caller's transaction.
 
