@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = 5000
 
+    # Results: the most a task's result may take in the ledger, as JSON. A larger one ends
+    # its task FAILURE (ResultTooLarge) instead of being stored, so one task cannot fill the
+    # ledger or every status poll of it; reads that page (conversations) fill their pages
+    # up to it and no further. At least 1 KiB: room for a status-sized answer.
+    max_result_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

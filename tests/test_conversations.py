@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 from backend.db.engine import make_unpooled_engine
 from backend.db.queries import conversations
 from tests.conftest import StartWorker
-from tests.helpers import submit, wait_state
+from tests.helpers import status, submit, wait_final, wait_state
 from tests.support import Api, RedisServer, wait_for
 
 
@@ -149,7 +151,12 @@ def test_a_read_that_takes_longer_than_wait_answers_202_with_its_task(
     assert response.headers["Location"] == f"/api/tasks/{response.json()['task_id']}"
     start_worker()
     done = wait_state(client, response.json()["task_id"], "SUCCESS")
-    assert done["result"] == {"session_id": session, "messages": []}
+    assert done["result"] == {
+        "session_id": session,
+        "messages": [],
+        "next": None,
+        "has_more": False,
+    }
 
 
 @pytest.mark.slow
@@ -257,3 +264,188 @@ def test_init_database_is_safe_to_run_twice(
         task = submit(client, "system.init_database")
         assert task["queue"] == "database"
         assert wait_state(client, task["task_id"], "SUCCESS")["result"] == {"revision": head}
+
+
+# -- paging and the result size limit ------------------------------------------------
+
+
+def store_directly(
+    database_url: str, session_id: str, messages: list[tuple[datetime, str]]
+) -> None:
+    """Store messages as saves would, in the order given (ids follow that order, not the
+    messages' times): many at once without a task each, and with times a test chooses."""
+
+    async def store() -> None:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        engine = make_unpooled_engine(database_url)
+        try:
+            async with engine.begin() as conn, AsyncSession(bind=conn) as s:
+                for at, content in messages:
+                    await conversations.save_message(
+                        s,
+                        message_key=f"direct-{uuid.uuid4()}",
+                        session_id=session_id,
+                        role="user",
+                        content=content,
+                        created_at=at,
+                    )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(store())
+
+
+def stored_directly(database_url: str, session_id: str) -> list[Any]:
+    async def load() -> list[Any]:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        engine = make_unpooled_engine(database_url)
+        try:
+            async with AsyncSession(bind=engine) as s:
+                return list(await conversations.history(s, session_id=session_id))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(load())
+
+
+def read_page(client: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    response = client.get(path, params={"wait": 10, **params})
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def read_all(
+    client: httpx.Client, session: str, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every message of the session, a page at a time: (the messages, the pages)."""
+    pages = [read_page(client, f"/api/conversations/{session}", limit=limit)]
+    while pages[-1]["has_more"]:
+        after = pages[-1]["next"]
+        pages.append(read_page(client, f"/api/conversations/{session}", limit=limit, after=after))
+        assert len(pages) < 1000, "paging does not end"
+    return [m for p in pages for m in p["messages"]], pages
+
+
+def test_paging_through_a_long_history_returns_every_message_once_in_order(
+    client: httpx.Client, start_worker: StartWorker, stack_env: dict[str, str]
+) -> None:
+    start_worker()
+    session = new_session()
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    # 250 messages, three to a timestamp (so the cursor must tell equal times apart by id),
+    # stored in shuffled order (so ids do not follow the times).
+    history = [(start + timedelta(seconds=i // 3), f"message {i:03}") for i in range(250)]
+    shuffled = random.Random(13).sample(history, len(history))
+    store_directly(stack_env["DATABASE_URL"], session, shuffled)
+    # Equal times come back in id order, that is in the order they were stored.
+    by_time: dict[datetime, list[str]] = {}
+    for at, content in shuffled:
+        by_time.setdefault(at, []).append(content)
+    expected = [c for at in sorted(by_time) for c in by_time[at]]
+
+    messages, pages = read_all(client, session, limit=40)
+
+    assert [m["content"] for m in messages] == expected
+    assert [len(p["messages"]) for p in pages] == [40] * 6 + [10]
+    assert [p["has_more"] for p in pages] == [True] * 6 + [False]
+    # The default page is the first 100; the legacy path pages the same way.
+    first = read_page(client, f"/api/conversations/{session}")
+    assert [m["content"] for m in first["messages"]] == expected[:100]
+    assert first["has_more"] is True
+    legacy = read_page(client, "/history", session_id=session, limit=40, after=pages[0]["next"])
+    assert legacy == pages[1]
+
+    # The last page's cursor waits at the end: nothing more now, then what arrives later.
+    end = read_page(client, f"/api/conversations/{session}", after=pages[-1]["next"])
+    assert end == {"session_id": session, "messages": [], "next": pages[-1]["next"],
+                   "has_more": False}  # fmt: skip
+    wait_state(client, save(client, session, "a later message"), "SUCCESS")
+    later = read_page(client, f"/api/conversations/{session}", after=pages[-1]["next"])
+    assert [m["content"] for m in later["messages"]] == ["a later message"]
+    assert later["has_more"] is False and later["next"] != pages[-1]["next"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"limit": "x"}, "limit"),
+     ({"after": "not-a-cursor"}, "after"), ({"after": "1-2-3"}, "after"),
+     ({"after": "1" * 18 + "-1"}, "after")],
+)  # fmt: skip
+def test_bad_page_parameters_are_422_naming_the_field(
+    client: httpx.Client, params: dict[str, Any], field: str
+) -> None:
+    for path, extra in ((f"/api/conversations/{new_session()}", {}),
+                        ("/history", {"session_id": new_session()})):  # fmt: skip
+        response = client.get(path, params={**params, **extra})
+        assert response.status_code == 422, response.text
+        assert [d["loc"] for d in response.json()["detail"]] == [["query", field]]
+
+
+SMALL_RESULTS = {"MAX_RESULT_BYTES": "4096"}
+
+
+def test_pages_of_long_messages_stay_within_the_result_limit(
+    client: httpx.Client, start_worker: StartWorker, stack_env: dict[str, str]
+) -> None:
+    start_worker(env=SMALL_RESULTS)
+    session = new_session()
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    # About 1 KB and 3 KB as JSON ("é" is written \u00e9): a few to a page of 4096 bytes.
+    texts = [f"{i:02} " + ("é" * 500 if i % 2 else "a" * 1000) for i in range(30)]
+    store_directly(
+        stack_env["DATABASE_URL"],
+        session,
+        [(start + timedelta(milliseconds=i), t) for i, t in enumerate(texts)],
+    )
+
+    messages, pages = read_all(client, session, limit=1000)
+
+    assert [m["content"] for m in messages] == texts
+    assert len(pages) > 5
+    assert all(p["messages"] for p in pages)
+    assert max(len(json.dumps(p)) for p in pages) <= 4096
+
+
+def test_a_result_over_the_limit_fails_its_task_and_is_not_stored(
+    client: httpx.Client, start_worker: StartWorker, stack_env: dict[str, str]
+) -> None:
+    start_worker(env=SMALL_RESULTS)
+    session = new_session()
+
+    # An atomic task (the save echoes the message): FAILURE, and rolled back whole.
+    saved = wait_final(client, save(client, session, "x" * 5000))
+    assert saved["state"] == "FAILURE"
+    assert saved["result"] is None
+    assert saved["error"]["type"] == "ResultTooLarge"
+    assert "at most 4,096 are stored (MAX_RESULT_BYTES)" in saved["error"]["message"]
+    assert read(client, session) == []
+
+    # A read whose one next message alone is over the limit: FAILURE, not a stalled page.
+    store_directly(stack_env["DATABASE_URL"], session, [(datetime.now(UTC), "y" * 5000)])
+    refused = client.get(f"/api/conversations/{session}", params={"wait": 10})
+    assert refused.status_code == 503
+    assert "MAX_RESULT_BYTES" in refused.json()["detail"]
+    read_task = status(client, failed_task(refused))
+    assert (read_task["state"], read_task["error"]["type"]) == ("FAILURE", "ResultTooLarge")
+
+    # A leased task (/run commits the turns as it goes): FAILURE; what it committed stays.
+    other = new_session()
+    answer = client.post("/run", json={"user_input": "z" * 5000, "session_id": other})
+    assert answer.status_code == 503
+    turn = status(client, failed_task(answer))
+    assert (turn["state"], turn["error"]["type"]) == ("FAILURE", "ResultTooLarge")
+    assert turn["result"] is None
+    assert [m.role for m in stored_directly(stack_env["DATABASE_URL"], other)] == [
+        "user",
+        "assistant",
+    ]  # (too long for a page under this limit: read here, not through a task)
+
+
+def failed_task(response: httpx.Response) -> str:
+    """The id in a 503's "task <id> ended FAILURE: …"."""
+    detail: str = response.json()["detail"]
+    assert detail.startswith("task ") and " ended FAILURE: " in detail, detail
+    return detail.split()[1]

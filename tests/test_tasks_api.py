@@ -114,6 +114,21 @@ def test_task_list_filters_by_state_and_name(
     assert client.get("/api/tasks", params={"state": "NOPE"}).status_code == 422
 
 
+def test_the_task_list_is_summaries_without_results(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    start_worker()
+    task = submit(client, "system.sleep", seconds=0.1, steps=1)
+    done = wait_state(client, task["task_id"], "SUCCESS")
+
+    listed = client.get("/api/tasks", params={"name": "system.sleep", "limit": 500}).json()
+    mine = next(t for t in listed if t["task_id"] == task["task_id"])
+
+    assert all("result" not in t for t in listed)
+    assert mine == {k: v for k, v in done.items() if k != "result"}
+    assert done["result"] == {"slept": 0.1, "steps": 1, "attempt": 1}  # the status keeps it
+
+
 def test_health_check_is_a_round_trip_through_a_worker(
     client: httpx.Client, start_worker: StartWorker
 ) -> None:

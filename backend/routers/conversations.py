@@ -11,12 +11,14 @@ from fastapi.responses import JSONResponse
 
 from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
 from backend.api.responses import STILL_RUNNING, result_or_accepted, submitted
-from backend.constants import TaskName
+from backend.constants import CONVERSATION_PAGE_DEFAULT, TaskName
 from backend.runtime import Runtime
 from backend.schemas.conversations import (
     SESSION_ID_PATTERN,
     Conversation,
     MessageIn,
+    PageAfter,
+    PageLimit,
     RunIn,
     RunOut,
     SessionIdPath,
@@ -61,14 +63,27 @@ async def save_message(
     return submitted(submission.run)
 
 
-async def _read(runtime: Runtime, session_id: str, wait: float) -> Any:
-    submission = await runtime.submit(TaskName.GET_CONVERSATION_HISTORY, {"session_id": session_id})
+async def _read(
+    runtime: Runtime, session_id: str, wait: float, limit: int, after: str | None
+) -> Any:
+    submission = await runtime.submit(
+        TaskName.GET_CONVERSATION_HISTORY,
+        {"session_id": session_id, "limit": limit, "after": after},
+    )
     return await result_or_accepted(runtime, submission.run.id, wait)
 
 
 @router.get("/{session_id}", response_model=Conversation, responses=STILL_RUNNING)
-async def read_conversation(session_id: SessionIdPath, runtime: RuntimeDep, wait: Wait = 5) -> Any:
-    return await _read(runtime, session_id, wait)
+async def read_conversation(
+    session_id: SessionIdPath,
+    runtime: RuntimeDep,
+    wait: Wait = 5,
+    limit: PageLimit = CONVERSATION_PAGE_DEFAULT,
+    after: PageAfter = None,
+) -> Any:
+    """A page of the session's history, oldest first: at most ``limit`` messages after
+    the cursor ``after``. Page on with the answer's ``next`` while ``has_more``."""
+    return await _read(runtime, session_id, wait, limit, after)
 
 
 @router.delete("/{session_id}", response_model=TaskStatus, status_code=202)
@@ -84,8 +99,11 @@ async def history(
     runtime: RuntimeDep,
     session_id: Annotated[str, Query(pattern=SESSION_ID_PATTERN)],
     wait: Wait = 5,
+    limit: PageLimit = CONVERSATION_PAGE_DEFAULT,
+    after: PageAfter = None,
 ) -> Any:
-    return await _read(runtime, session_id, wait)
+    """The older clients' path; same as GET /api/conversations/{session_id}."""
+    return await _read(runtime, session_id, wait, limit, after)
 
 
 @legacy_router.post("/run", response_model=RunOut, responses=STILL_RUNNING)

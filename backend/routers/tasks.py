@@ -25,7 +25,9 @@ from backend.schemas.tasks import (
     TaskIdPath,
     TaskStatus,
     TaskSubmit,
+    TaskSummary,
     task_status,
+    task_summary,
 )
 
 router = APIRouter(
@@ -53,15 +55,17 @@ async def health_check(runtime: RuntimeDep) -> HealthCheck:
     )
 
 
-@router.get("", response_model=list[TaskStatus])
+@router.get("", response_model=list[TaskSummary])
 async def list_tasks(
     runtime: RuntimeDep,
     state: State | None = None,
     name: Annotated[str | None, Query(pattern=TASK_NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> list[TaskStatus]:
+) -> list[TaskSummary]:
+    """Recent tasks, newest first, as summaries: the status object without ``result``
+    (a list must not carry every result it lists; ``GET /api/tasks/{task_id}`` has it)."""
     runs = await runtime.recent(state=state, name=name, limit=limit)
-    return [task_status(r) for r in runs]
+    return [task_summary(r) for r in runs]
 
 
 @router.post(

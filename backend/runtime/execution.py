@@ -50,6 +50,7 @@ from backend.runtime.context import (
 )
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.registry import Mode, TaskSpec, notifies
+from backend.runtime.results import check_result_size
 from backend.runtime.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ class _Run:
                     return await self.leased()
                 self.attempt = claimed.attempts
                 result = await self._body_with_limit(self._context(_joined(conn)))
+                # Too large to store: raised here, it rolls the run back (runtime/results.py).
+                check_result_size(result, self.settings.max_result_bytes)
                 ending = self._ending(State.SUCCESS, result=result)
                 ended = await ledger.finish_in(
                     conn, task_id=self.task_id, token=self.token, ending=ending
@@ -231,11 +234,15 @@ class _Run:
         )
         try:
             result = await body
+            # Too large to store: the run ends FAILURE, as for any error of the body.
+            check_result_size(result, self.settings.max_result_bytes)
         except asyncio.CancelledError:
             if stop.reason is None:
                 raise  # we ourselves are being cancelled (shutdown): the lease will lapse
             if stop.reason is Kind.FAILED:
                 return await self._fail(self._soft_limit_error())
+            if stop.reason is Kind.LOST:
+                return self._lost()
             return Outcome(stop.reason)
         except Exception as exc:
             return await self._settle(exc)
@@ -261,7 +268,7 @@ class _Run:
         if isinstance(exc, TaskCancelled):
             return Outcome(Kind.REVOKED)
         if isinstance(exc, LeaseLost):
-            return Outcome(Kind.LOST)
+            return self._lost()
         error = error_info(exc)
         if not is_transient(exc):
             log.exception("task %s %s failed", self.spec.name, self.task_id)
@@ -313,6 +320,15 @@ class _Run:
 
     async def _exists(self) -> bool:
         return await ledger.get(self.sessions, self.task_id) is not None
+
+    def _lost(self) -> Outcome:
+        log.warning(
+            "task %s %s: lease lost (another runner took the run over after ours lapsed); "
+            "stopped, and any write not yet committed was refused",
+            self.spec.name,
+            self.task_id,
+        )
+        return Outcome(Kind.LOST)
 
     def _skipped(self) -> Outcome:
         log.info(

@@ -630,13 +630,18 @@ async def heartbeat_waiting(sessions: Sessions, task_ids: list[str]) -> None:
         )
 
 
+# What a listing shows of each run: the status columns without ``result`` (nor ``args``),
+# so a list of many runs never carries (or reads) their results; a run's own status has it.
+_SUMMARY_COLUMNS = tuple(c for c in _STATUS_COLUMNS if c is not TaskRun.result)
+
+
 async def recent(
     sessions: Sessions, *, state: str | None, name: str | None, limit: int
-) -> list[TaskRun]:
-    query = select(TaskRun).order_by(TaskRun.submitted_at.desc()).limit(limit)
+) -> list[Row[Any]]:
+    query = select(*_SUMMARY_COLUMNS).order_by(TaskRun.submitted_at.desc()).limit(limit)
     if state:
         query = query.where(TaskRun.state == state)
     if name:
         query = query.where(TaskRun.name == name)
     async with sessions() as session:
-        return list((await session.execute(query)).scalars().all())
+        return list((await session.execute(query)).all())

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import Row
 
 from backend.config import Settings
 from backend.constants import FINAL_STATES, PRESENCE_INTERVAL, Executor, State, TaskName
@@ -270,7 +271,8 @@ class Runtime:
 
     async def recent(
         self, *, state: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[TaskRun]:
+    ) -> list[Row[Any]]:
+        """The newest runs, as summaries: every status column but ``result``."""
         return await ledger.recent(self.sessions, state=state, name=name, limit=limit)
 
     # -- cancel ----------------------------------------------------------------------

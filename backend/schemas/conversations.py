@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, Field
 
+from backend.constants import CONVERSATION_PAGE_MAX
 from backend.schemas.types import NO_NUL, NOT_BLANK, storable
 
 MAX_CONTENT_CHARS = 64 * 1024
@@ -16,6 +17,27 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 SessionIdPath = Annotated[
     str, Path(pattern=SESSION_ID_PATTERN, description="letters, digits and _ . : - (≤ 64)")
+]
+
+# A page cursor (tasks/conversation.py writes it): the digits are bounded so that every
+# string this admits is a position the read can use (a time before the year 5200, an id
+# that fits a BIGINT), and a schema-valid cursor is never refused.
+CURSOR_PATTERN = r"^[0-9]{1,17}-[0-9]{1,18}$"
+
+PageLimit = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=CONVERSATION_PAGE_MAX,
+        description="at most this many messages (a page of long messages may hold fewer)",
+    ),
+]
+PageAfter = Annotated[
+    str | None,
+    Query(
+        pattern=CURSOR_PATTERN,
+        description="the `next` of the previous page: start after it (default: the first)",
+    ),
 ]
 
 
@@ -51,8 +73,18 @@ class Message(BaseModel):
 
 
 class Conversation(BaseModel):
+    """One page of a session's history, oldest first (the whole of a short one)."""
+
     session_id: str
     messages: list[Message]
+    next: str | None = Field(
+        default=None,
+        description="pass as `after` for the messages that follow this page (also those "
+        "that arrive later); null only for an empty session read from its start",
+    )
+    has_more: bool = Field(
+        default=False, description="more messages followed this page when it was read"
+    )
 
 
 class RunIn(BaseModel):

@@ -46,6 +46,56 @@ class TaskStatus(BaseModel):
     finished_at: datetime | None = None
 
 
+class TaskSummary(BaseModel):
+    """A task in a listing (``GET /api/tasks``): the status object without ``result``.
+
+    Results can be large (up to MAX_RESULT_BYTES each), and a list of hundreds of them
+    would be as large as all of them together; ``GET /api/tasks/{task_id}`` has it. The
+    ``error`` stays: it is short, and what a listing of failures is read for."""
+
+    task_id: str
+    name: str
+    queue: str
+    state: str
+    progress: Progress | None = None
+    error: TaskError | None = None
+    executor: str
+    attempts: int
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class _Summarised(Protocol):
+    id: str
+    name: str
+    queue: str
+    state: str
+    progress: dict[str, Any] | None
+    error: dict[str, Any] | None
+    executor: str
+    attempts: int
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def task_summary(run: _Summarised) -> TaskSummary:
+    return TaskSummary(
+        task_id=run.id,
+        name=run.name,
+        queue=run.queue,
+        state=run.state,
+        progress=Progress.model_validate(run.progress) if run.progress else None,
+        error=TaskError.model_validate(run.error) if run.error else None,
+        executor=run.executor,
+        attempts=run.attempts,
+        submitted_at=run.submitted_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
 class _Run(Protocol):
     id: str
     name: str

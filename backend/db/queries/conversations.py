@@ -1,11 +1,11 @@
-"""Conversation queries: idempotent save, ordered read, batched delete and purge."""
+"""Conversation queries: idempotent save, ordered and paged reads, batched delete and purge."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, select
+from sqlalchemy import Row, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,6 +65,32 @@ async def history(session: AsyncSession, *, session_id: str) -> list[Conversatio
         .order_by(ConversationMessage.created_at, ConversationMessage.id)
     )
     return list((await session.scalars(query)).all())
+
+
+_COLUMNS = ConversationMessage.__table__.c
+
+
+async def page(
+    session: AsyncSession, *, session_id: str, after: tuple[datetime, int] | None, limit: int
+) -> list[Row[Any]]:
+    """Up to ``limit`` messages of a session in their order (arrival, then id), starting
+    just after the message at ``after`` (its ``created_at`` and ``id``), or at the first.
+
+    A keyset, not an offset: a page costs the same wherever it starts (one range scan of
+    the session's index), and a message deleted meanwhile (a purge) shifts nothing, so
+    paging on returns every message once. The position is a value, not a row to look up:
+    it stays valid when its own message is gone."""
+    query = select(*_COLUMNS).where(_COLUMNS.session_id == session_id)
+    if after is not None:
+        at, message_id = after
+        query = query.where(
+            or_(
+                _COLUMNS.created_at > at,
+                and_(_COLUMNS.created_at == at, _COLUMNS.id > message_id),
+            )
+        )
+    query = query.order_by(_COLUMNS.created_at, _COLUMNS.id).limit(limit)
+    return list((await session.execute(query)).all())
 
 
 async def delete_session(session: AsyncSession, *, session_id: str) -> int:
