@@ -323,3 +323,38 @@ def test_a_flood_with_redis_down_is_429_with_retry_after_once_the_local_queue_is
         again = c.post("/api/tasks", json={"name": "system.noop"})
         assert again.status_code == 202, again.text
         assert wait_final(c, again.json()["task_id"])["state"] == "SUCCESS"
+
+
+def test_an_upload_refused_for_a_full_local_queue_leaves_no_stored_copy(
+    redisless_api: Api, stack_env: dict[str, str]
+) -> None:
+    """With Redis down and the local queue full, an upload is 429 and its stored copy goes:
+    no registration will ever read it."""
+    uploads = Path(stack_env["DATA_DIR"]).resolve() / "uploads"
+    with redisless_api.client() as c:
+        wait_for(
+            lambda: c.get("/api/system/queues").json()["local_executor"]["held"] == 0,
+            60,
+            what="an idle local executor",
+        )
+        body = {"name": "system.sleep", "args": {"seconds": 3, "steps": 3}}
+        held = [c.post("/api/tasks", json=body) for _ in range(LOCAL_QUEUE_SIZE)]
+        assert all(r.status_code == 202 for r in held), [r.text for r in held]
+        before = set(uploads.iterdir()) if uploads.is_dir() else set()
+
+        refused = c.post(
+            "/api/data-sync/files",
+            files={
+                "file": (
+                    "items.csv",
+                    b"sku,qty\nA,1\n" + uuid.uuid4().bytes.hex().encode(),
+                    "text/csv",
+                )
+            },
+            data={"dataset": new_dataset(), "key_columns": "sku"},
+        )
+
+        assert refused.status_code == 429, refused.text
+        assert set(uploads.iterdir()) == before
+        for r in held:
+            wait_final(c, r.json()["task_id"], timeout=60)
