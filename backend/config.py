@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = 5000
 
+    # XLSX: a workbook is a zip of XML, so a small upload can unpack to far more than it
+    # weighs, and openpyxl believes whatever sizes it declares. The archive is measured
+    # before it is opened (total unpacked size; ratio of each member over 1 MiB), and the
+    # sheet is read by a child process held to the rest (backend/files/xlsx.py). The
+    # defaults are XlsxLimits' in backend/files/readers.py.
+    xlsx_max_unpacked_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    xlsx_max_compression_ratio: float = Field(default=100.0, ge=1)
+    xlsx_parse_memory_bytes: int = Field(default=512 * 1024 * 1024, ge=128 * 1024 * 1024)
+    # Under TASK_SOFT_TIME_LIMIT, so a slow workbook fails readably before the task is cut.
+    xlsx_parse_seconds: float = Field(default=240.0, gt=0)
+    xlsx_max_spool_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)  # rows as JSON Lines
+
     # Results: the most a task's result may take in the ledger, as JSON. A larger one ends
     # its task FAILURE (ResultTooLarge) instead of being stored, so one task cannot fill the
     # ledger or every status poll of it; reads that page (conversations) fill their pages

@@ -1,5 +1,6 @@
 """Reading exported files as rows: CSV (UTF-8, UTF-8 with BOM, GB18030/GBK; delimiter
-sniffed), JSON Lines, and XLSX (first sheet, streamed).
+sniffed), JSON Lines, and XLSX (first sheet, converted by a child process held to
+XlsxLimits: see backend/files/xlsx.py).
 
 ``inspect`` is a full pre-pass that rejects a file which is not what it claims (binary
 junk, undecodable bytes, no header, a broken XLSX) *before* anything is written, so a bad
@@ -10,7 +11,8 @@ sees in a spreadsheet: the header is row 1.
 Memory stays bounded whatever the file holds: text is read line by line, and a line
 longer than MAX_ROW_CHARS (MAX_HEADER_CHARS for a header) is never held whole; it is
 skipped in chunks and becomes a rejected row (or, as a header, a bad file). A field is at
-most MAX_FIELD_BYTES, and a header at most MAX_COLUMNS wide.
+most MAX_FIELD_BYTES, and a header at most MAX_COLUMNS wide. A workbook can cost what its
+XlsxLimits allow and no more, whatever it unpacks to or declares.
 """
 
 from __future__ import annotations
@@ -18,20 +20,28 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import zipfile
+import os
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
+
+from backend.files import xlsx
+from backend.files.bounds import (
+    MAX_COLUMNS,
+    MAX_FIELD_BYTES,
+    MAX_HEADER_CHARS,
+    MAX_ROW_CHARS,
+    BadFile,
+    XlsxLimits,
+    check_header,
+)
+
+__all__ = ["BadFile", "FileInfo", "Row", "XlsxLimits", "detect_format", "inspect", "iter_rows"]
 
 CHUNK = 1 << 20
 SNIFF_BYTES = 64 * 1024
-MAX_COLUMNS = 2000
-MAX_FIELD_BYTES = 1 << 20
-MAX_HEADER_CHARS = 1 << 20  # 2000 columns of long names fit; a million do not
-MAX_ROW_CHARS = 8 << 20  # a few fields of the largest size
 FORMATS = ("csv", "jsonl", "xlsx")
 EXTENSIONS = {
     ".csv": "csv",
@@ -44,10 +54,6 @@ EXTENSIONS = {
 }
 
 csv.field_size_limit(MAX_FIELD_BYTES)
-
-
-class BadFile(Exception):
-    """The file cannot be synced at all; the message says why, for a person to read."""
 
 
 class LineTooLong(Exception):
@@ -101,6 +107,8 @@ class FileInfo:
     total_rows: int  # data rows, for progress (an estimate for CSV with quoted newlines)
     encoding: str = "utf-8"
     delimiter: str = ","
+    # XLSX: the sheet's rows as JSON Lines, read once by inspect(); closed with this info.
+    spool: IO[bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def detect_format(name: str, head: bytes) -> str:
@@ -114,9 +122,9 @@ def detect_format(name: str, head: bytes) -> str:
     return "csv"
 
 
-def inspect(path: Path, fmt: str) -> FileInfo:
+def inspect(path: Path, fmt: str, xlsx_limits: XlsxLimits | None = None) -> FileInfo:
     if fmt == "xlsx":
-        return _inspect_xlsx(path)
+        return _inspect_xlsx(path, xlsx_limits or XlsxLimits())
     encoding, lines = _text_encoding(path)
     if fmt == "jsonl":
         return _inspect_jsonl(path, encoding, lines)
@@ -187,20 +195,8 @@ def _inspect_csv(path: Path, encoding: str, lines: int) -> FileInfo:
         except csv.Error as exc:
             raise BadFile(f"the header row cannot be read: {exc}") from None
     columns = [c.strip() for c in header]
-    _check_header(columns)
+    check_header(columns)
     return FileInfo("csv", columns, max(lines - 1, 0), encoding, delimiter)
-
-
-def _check_header(columns: list[str]) -> None:
-    if not columns or not any(columns):
-        raise BadFile("there is no header row naming the columns")
-    if len(columns) > MAX_COLUMNS:
-        raise BadFile(f"the header has {len(columns)} columns; at most {MAX_COLUMNS} are allowed")
-    if "" in columns:
-        raise BadFile(f"header column {columns.index('') + 1} has no name")
-    duplicates = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicates:
-        raise BadFile(f"the header names a column twice: {', '.join(duplicates)}")
 
 
 def _csv_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
@@ -300,62 +296,35 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
 # -- xlsx -------------------------------------------------------------------------------
 
 
-def _open_xlsx(path: Path) -> Any:
-    from openpyxl import load_workbook
-
-    if not zipfile.is_zipfile(path):
-        raise BadFile("not a readable XLSX file (it is not a zip archive; truncated?)")
-    try:
-        return load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:
-        raise BadFile(f"not a readable XLSX file: {exc}") from None
-
-
-def _inspect_xlsx(path: Path) -> FileInfo:
-    workbook = _open_xlsx(path)
-    try:
-        if not workbook.worksheets:
-            raise BadFile("the workbook has no sheets")
-        sheet = workbook.worksheets[0]
-        try:
-            header = next(sheet.iter_rows(max_row=1, values_only=True), ())
-        except Exception as exc:
-            raise BadFile(f"not a readable XLSX file: {exc}") from None
-        columns = [_cell_text(v) for v in header]
-        while columns and columns[-1] == "":
-            columns.pop()  # trailing empty header cells are formatting, not columns
-        _check_header(columns)
-        return FileInfo("xlsx", columns, max((sheet.max_row or 1) - 1, 0))
-    finally:
-        workbook.close()
+def _inspect_xlsx(path: Path, limits: XlsxLimits) -> FileInfo:
+    """The whole sheet is read here, in one pass, so a workbook that is not what it claims
+    (or costs more than its limits) fails before any row is written."""
+    spooled = xlsx.spool(path, limits)
+    info = FileInfo("xlsx", spooled.columns, spooled.rows, spool=spooled.file)
+    weakref.finalize(info, spooled.file.close)
+    return info
 
 
 def _xlsx_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
-    workbook = _open_xlsx(path)
-    width = len(info.columns)
-    try:
-        sheet = workbook.worksheets[0]
-        for row_number, values in enumerate(sheet.iter_rows(min_row=2, values_only=True), 2):
-            if all(v is None for v in values):
-                continue
-            if any(v is not None for v in values[width:]):
-                yield row_number, f"values beyond the {width} named columns"
-                continue
-            yield (
-                row_number,
-                {c: _cell_value(v) for c, v in zip(info.columns, values, strict=False)},
-            )
-    finally:
-        workbook.close()
-
-
-def _cell_text(value: Any) -> str:
-    return "" if value is None else str(_cell_value(value)).strip()
-
-
-def _cell_value(value: Any) -> Any:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
+    if info.spool is None:  # an info made by hand: read the workbook now
+        info = _inspect_xlsx(path, XlsxLimits())
+    assert info.spool is not None
+    # A descriptor of our own (closed here), on the spool's file: reading starts over.
+    with open(
+        os.dup(info.spool.fileno()), encoding="utf-8", errors="surrogatepass", newline="\n"
+    ) as f:
+        f.seek(0)
+        lines = BoundedLines(f, MAX_ROW_CHARS + 1)  # the reader wrote none longer
+        while True:
+            lines.new_record()
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except LineTooLong as exc:
+                raise BadFile(f"the converted workbook has a line past its limit: {exc}") from None
+            row_number, row = json.loads(line)
+            if isinstance(row, str):
+                yield row_number, row
+            else:
+                yield row_number, dict(zip(info.columns, row, strict=True))

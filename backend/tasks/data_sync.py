@@ -314,7 +314,8 @@ async def _sync(
         raise BadFile(f"the stored file {path.name} is missing")
     # The whole-file pre-pass: a file that is not what it claims fails here, before any
     # row is written, so its dataset stays unchanged.
-    info = await asyncio.to_thread(readers.inspect, path, f.format)
+    limits = readers.XlsxLimits.of(ctx.settings)
+    info = await asyncio.to_thread(readers.inspect, path, f.format, limits)
     missing = [k for k in keys if k not in info.columns]
     if missing and info.format != "jsonl":
         raise BadFile(
