@@ -9,6 +9,7 @@ import contextvars
 import logging
 import sys
 
+from celery import current_task
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
@@ -43,8 +44,6 @@ def _from_celery_data(record: logging.LogRecord) -> str | None:
 
 def _celery_task_id() -> str | None:
     try:
-        from celery import current_task
-
         request = current_task.request if current_task else None
         task_id = getattr(request, "id", None)
         return task_id if isinstance(task_id, str) else None

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+import backend.tasks  # noqa: F401  (registers the task bodies the runtime submits and runs)
 from backend.api.errors import install_error_handlers
 from backend.config import Settings, get_settings
 from backend.db.engine import dispose_engines
 from backend.log_config import configure_logging
 from backend.routers import api_router
 from backend.runtime import Runtime
+from backend.runtime.celery_config import create_celery_app
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,7 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    if settings is get_settings():
-        from backend.celery_app import app as celery
-    else:
-        from backend.celery_app import create_celery_app
-
-        celery = create_celery_app(settings)
+    celery = create_celery_app(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
+from backend.api import task_routes
 from backend.api.deps import (
     Authenticated,
     BoundedBodyRoute,
@@ -26,7 +27,6 @@ from backend.api.errors import UNPROCESSABLE, error_responses
 from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
 from backend.constants import State, TaskName
 from backend.files import storage
-from backend.routers import tasks
 from backend.runtime import ExecutorFull, Runtime, TaskFailed
 from backend.schemas.data_sync import (
     COLUMN_PATTERN,
@@ -190,19 +190,24 @@ async def sync_batch(body: SyncBatch, runtime: RuntimeDep) -> BatchAccepted:
 @router.get(
     "/task-status/{task_id}",
     response_model=TaskStatus,
-    responses=tasks.UNKNOWN_TASK | tasks.NOT_MODIFIED,
+    responses=task_routes.STATUS_RESPONSES,
 )
 async def task_status(
     task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
 ) -> Response:
-    return await tasks.get_task(task_id, runtime, wait, if_none_match)
+    """As ``GET /api/tasks/{task_id}``."""
+    return await task_routes.status_of(runtime, task_id, wait, if_none_match)
 
 
 @router.delete(
-    "/cancel-task/{task_id}", response_model=TaskStatus, status_code=202, responses=tasks.CANCEL
+    "/cancel-task/{task_id}",
+    response_model=TaskStatus,
+    status_code=202,
+    responses=task_routes.CANCEL_RESPONSES,
 )
 async def cancel_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
-    return await tasks.cancel_task(task_id, runtime)
+    """As ``DELETE /api/tasks/{task_id}``."""
+    return await task_routes.cancel(runtime, task_id)
 
 
 def _found(outcome: Any, dataset: str) -> Any:

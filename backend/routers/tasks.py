@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
+from backend.api import task_routes
 from backend.api.deps import (
     Authenticated,
     BoundedBodyRoute,
@@ -16,7 +17,7 @@ from backend.api.deps import (
     RuntimeDep,
 )
 from backend.api.errors import error_responses
-from backend.api.responses import status_response, submitted
+from backend.api.responses import submitted
 from backend.constants import State, TaskName
 from backend.runtime import get_spec
 from backend.schemas.tasks import (
@@ -26,7 +27,6 @@ from backend.schemas.tasks import (
     TaskStatus,
     TaskSubmit,
     TaskSummary,
-    task_status,
     task_summary,
 )
 
@@ -34,12 +34,6 @@ router = APIRouter(
     prefix="/api/tasks", tags=["tasks"], dependencies=Authenticated, route_class=BoundedBodyRoute
 )
 legacy_router = APIRouter(tags=["tasks"], dependencies=Authenticated, route_class=BoundedBodyRoute)
-
-UNKNOWN_TASK = error_responses(404, e404="no task with this id")
-NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "unchanged since the ETag given in If-None-Match"}
-}
-CANCEL = error_responses(404, 409, e404="no task with this id")
 
 HEALTH_CHECK_TIMEOUT = 5.0
 
@@ -92,31 +86,30 @@ async def submit_task(
     return submitted(submission.run)
 
 
-@router.get("/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK | NOT_MODIFIED)
+@router.get("/{task_id}", response_model=TaskStatus, responses=task_routes.STATUS_RESPONSES)
 async def get_task(
     task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
 ) -> Response:
     """The task's status. With ``If-None-Match`` (the ETag of an earlier answer) an
     unchanged status is a 304; with ``wait`` the call answers as soon as it changes."""
-    view = await runtime.status_view(task_id, wait=wait, known=if_none_match)
-    return status_response(view, if_none_match)
+    return await task_routes.status_of(runtime, task_id, wait, if_none_match)
 
 
 @router.delete(
     "/{task_id}",
     response_model=TaskStatus,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=CANCEL,
+    responses=task_routes.CANCEL_RESPONSES,
 )
 async def cancel_task(task_id: TaskIdPath, runtime: RuntimeDep) -> TaskStatus:
-    return task_status(await runtime.cancel(task_id))
+    return await task_routes.cancel(runtime, task_id)
 
 
 @legacy_router.get(
-    "/task/{task_id}", response_model=TaskStatus, responses=UNKNOWN_TASK | NOT_MODIFIED
+    "/task/{task_id}", response_model=TaskStatus, responses=task_routes.STATUS_RESPONSES
 )
 async def get_task_legacy(
     task_id: TaskIdPath, runtime: RuntimeDep, wait: PollWait = 0, if_none_match: IfNoneMatch = None
 ) -> Response:
     """The older clients' path; same as GET /api/tasks/{task_id}."""
-    return await get_task(task_id, runtime, wait, if_none_match)
+    return await task_routes.status_of(runtime, task_id, wait, if_none_match)

@@ -1,7 +1,9 @@
-"""The Celery app (``celery -A backend.celery_app worker|beat|flower``).
+"""How a Celery app for syncq is made: broker and result backend from settings, queues,
+routes, reliability settings and the RedBeat schedule, and one Celery task per registered
+spec (backend/runtime/registry.py).
 
-Broker and result backend come from settings; queues, routes and reliability settings are
-here; the tasks themselves come from the one registry (backend/runtime/registry.py).
+``backend.celery_app`` (what ``celery -A`` loads) imports the task modules and makes the
+app from here; the API, a starting worker and the recovery task make theirs the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue as KombuQueue
 
-from backend.config import Settings, get_settings
+from backend.config import Settings
 from backend.constants import ALL_QUEUES, Queue, TaskName
 from backend.runtime.registry import all_specs
 from backend.runtime.worker import bind_tasks
@@ -95,6 +97,3 @@ def create_celery_app(settings: Settings) -> Celery:
     )
     bind_tasks(app, settings)
     return app
-
-
-app = create_celery_app(get_settings())

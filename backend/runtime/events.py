@@ -17,12 +17,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from backend.constants import FINAL_STATES
-
-if TYPE_CHECKING:
-    from backend.runtime.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +49,15 @@ class TaskEvent:
 Item = tuple[str, dict[str, Any]]  # (kind, data): "task" or "notification"
 
 
+class Stream(Protocol):
+    """Where events go first: the Redis stream (runtime/broker.py's ``Broker``)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def add_events(self, items: Sequence[Item]) -> bool: ...
+
+
 class Fallback(Protocol):
     """Where an Announcer turns when Redis is down: the API's EventHub."""
 
@@ -65,7 +71,7 @@ class Announcer:
     ``fallback`` (the API's hub) takes the events Redis could not.
     """
 
-    def __init__(self, broker: Broker, fallback: Fallback | None = None) -> None:
+    def __init__(self, broker: Stream, fallback: Fallback | None = None) -> None:
         self.broker = broker
         self.fallback = fallback
 

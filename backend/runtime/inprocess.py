@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import backend.tasks  # noqa: F401  (registers the bodies this harness runs)
 from backend.config import Settings
 from backend.db.engine import get_session_factory
 from backend.runtime.context import TaskContext

@@ -1,7 +1,7 @@
 """Task registration: one decorator, one registry, read by both executors.
 
 ``@task(TaskName.X, queue=Queue.Y)`` records an ``async def body(ctx, **kwargs)``. The Celery
-app turns every spec into a Celery task (runtime/celery_tasks.py); the local executor runs
+app turns every spec into a Celery task (runtime/worker.py); the local executor runs
 the same body in the API process. Nothing else registers tasks.
 """
 
@@ -76,9 +76,9 @@ def task(
 
 
 def get_spec(name: str) -> TaskSpec:
-    """The spec for a task name; importing backend.tasks first makes every spec known."""
-    import backend.tasks  # noqa: F401  (registers every task module)
-
+    """The spec for a task name. Specs are pushed here by the task modules as they are
+    imported; the entry points (``backend.celery_app``, ``backend.main``, the in-process
+    harness) import ``backend.tasks``, and this module never imports a task module."""
     try:
         return _registry[name]
     except KeyError:
@@ -92,8 +92,6 @@ def notifies(spec: TaskSpec, state: str) -> bool:
 
 
 def all_specs() -> list[TaskSpec]:
-    import backend.tasks  # noqa: F401
-
     return list(_registry.values())
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
+from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf
 
 
 class UnknownSchedule(LookupError):
@@ -37,8 +38,6 @@ def definition(app: Celery, name: str) -> dict[str, Any]:
 
 def read_entries(app: Celery, *, redis_up: bool) -> list[ScheduleEntry]:
     """Blocking (RedBeat's client is synchronous): call it from a thread."""
-    from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf
-
     ensure_conf(app)
     out = []
     for name, conf in app.conf.beat_schedule.items():

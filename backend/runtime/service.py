@@ -13,22 +13,22 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Row
+from sqlalchemy import Row, text
 
 from backend.config import Settings
-from backend.constants import FINAL_STATES, PRESENCE_INTERVAL, Executor, State, TaskName
+from backend.constants import FINAL_STATES, Executor, State, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
-from backend.runtime import ledger
+from backend.runtime import ledger, recovery
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.hub import EventHub
 from backend.runtime.local import ExecutorFull, LocalExecutor
-from backend.runtime.recovery import RecoveryReport, recover
+from backend.runtime.recovery import RecoveryReport
 from backend.runtime.registry import get_spec, notifies
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,11 @@ class Runtime:
                 and now - last_cleanup >= self.settings.schedule_cleanup_seconds
             ):
                 last_cleanup = now
-                for name in (TaskName.PURGE_CONVERSATIONS, TaskName.PURGE_TASK_RUNS):
+                for name in (
+                    TaskName.PURGE_CONVERSATIONS,
+                    TaskName.PURGE_TASK_RUNS,
+                    TaskName.SWEEP_UPLOADS,
+                ):
                     try:
                         await self.submit(name)
                     except Exception:
@@ -300,29 +304,16 @@ class Runtime:
     # -- recovery --------------------------------------------------------------------
 
     async def recover(self, *, worker_last_seen: float | None = None) -> RecoveryReport:
-        """``worker_last_seen``: a worker starting under the name of one that died says
-        when that one was last seen (runtime/worker.py)."""
-        broker_up = await self.broker.probe()
-        lost = await self.broker.lost_its_data() if broker_up else False
-        dead_seen = await self.broker.take_dead_workers() if broker_up else None
-        if worker_last_seen is not None:
-            dead_seen = max(dead_seen or 0.0, worker_last_seen)
-        return await recover(
+        """The recovery sweep (runtime/recovery.py), re-sending through Celery or, with
+        Redis down, to this process's local executor."""
+        return await recovery.sweep(
             sessions=self.sessions,
             settings=self.settings,
+            broker=self.broker,
             dispatch=self._redispatch,
-            announce=self._announce,
-            broker_lost_data=lost,
-            worker_lost_at=self._since(dead_seen),
+            announcer=self.announcer,
+            worker_last_seen=worker_last_seen,
         )
-
-    @staticmethod
-    def _since(last_seen: float | None) -> datetime | None:
-        """A worker last seen at t may have lived, and taken messages, until its next beat
-        was due; a beat of slack on top costs at most a duplicate the claim skips."""
-        if last_seen is None:
-            return None
-        return datetime.fromtimestamp(last_seen + 2 * PRESENCE_INTERVAL, UTC)
 
     async def _redispatch(self, orphan: ledger.Orphan) -> str | None:
         try:
@@ -342,8 +333,6 @@ class Runtime:
         return Health(broker_up, await self._database_up(), workers)
 
     async def _database_up(self) -> bool:
-        from sqlalchemy import text
-
         try:
             async with asyncio.timeout(2.0), self.sessions() as session:
                 await session.execute(text("SELECT 1"))

@@ -23,6 +23,8 @@ from celery.exceptions import Ignore
 from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
 from backend.db.engine import get_atomic_engine, get_session_factory
+from backend.log_config import configure_logging
+from backend.runtime import recovery
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
 from backend.runtime.execution import Kind, execute
@@ -158,19 +160,24 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _recover_at_start(app: Celery | None, settings: Settings, last_seen: float | None) -> None:
-    from backend.runtime.service import Runtime
-
     if app is None:
         return
 
     async def sweep() -> None:
-        runtime = Runtime(settings, app, local_fallback=False)
+        broker = Broker(settings, app)
+        sessions = get_session_factory(settings)
         try:
-            await runtime.start(sweep=False)
-            report = await runtime.recover(worker_last_seen=last_seen)
+            report = await recovery.sweep(
+                sessions=sessions,
+                settings=settings,
+                broker=broker,
+                dispatch=recovery.broker_dispatch(broker, sessions),
+                announcer=Announcer(broker),
+                worker_last_seen=last_seen,
+            )
             log.info("startup recovery: %d re-dispatched", len(report.redispatched))
         finally:
-            await runtime.stop()
+            await broker.close()
 
     try:
         run_in_worker_loop(sweep())
@@ -185,8 +192,6 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 def _on_setup_logging(loglevel: Any = None, **_: Any) -> None:
     """Celery leaves logging alone once someone answers this signal: ours is JSON."""
-    from backend.log_config import configure_logging
-
     settings = get_settings()
     level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
     configure_logging(str(level or settings.log_level), settings.log_format)

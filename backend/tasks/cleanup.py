@@ -21,7 +21,11 @@ from backend.db.models.base import utcnow
 from backend.db.queries import conversations, notifications, retention
 from backend.db.queries import data_sync as files
 from backend.files import storage
+from backend.runtime import recovery
+from backend.runtime.broker import Broker
+from backend.runtime.celery_config import create_celery_app
 from backend.runtime.context import TaskContext
+from backend.runtime.events import Announcer
 from backend.runtime.registry import task
 
 RESULT_KEY = "celery-task-meta-{}"  # Celery's Redis result key for a task id
@@ -44,16 +48,20 @@ async def purge_in_batches(
 
 @task(TaskName.RECOVER, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
 async def recover(ctx: TaskContext) -> dict[str, Any]:
-    """The runtime's recovery sweep, run by beat so orphans are found with no API up."""
-    from backend.celery_app import create_celery_app  # it imports the tasks: import it late
-    from backend.runtime.service import Runtime
-
-    runtime = Runtime(ctx.settings, create_celery_app(ctx.settings), local_fallback=False)
-    await runtime.start(sweep=False)
+    """The recovery sweep (runtime/recovery.py), run by beat so orphans are found with no
+    API up. It re-sends through Celery: a Celery app made from the body's own settings
+    (it only publishes), never a whole Runtime."""
+    broker = Broker(ctx.settings, create_celery_app(ctx.settings))
     try:
-        report = await runtime.recover()
+        report = await recovery.sweep(
+            sessions=ctx.session_factory,
+            settings=ctx.settings,
+            broker=broker,
+            dispatch=recovery.broker_dispatch(broker, ctx.session_factory),
+            announcer=Announcer(broker),
+        )
     finally:
-        await runtime.stop()
+        await broker.close()
     return {"redispatched": report.redispatched, "failed": report.failed}
 
 
