@@ -82,6 +82,8 @@ EVENTS_STREAM = REDIS_PREFIX + "events"
 
 # Conversation reads page (both sides need the numbers: the API validates ``limit``, the
 # read task defaults it for a message that names none). Pages are also cut short by size,
-# so a page is never larger than MAX_RESULT_BYTES however long its messages are.
-CONVERSATION_PAGE_DEFAULT = 100
+# so a page is never larger than MAX_RESULT_BYTES however long its messages are. The
+# default is the largest page: a client written before paging (it reads ``messages`` and
+# knows nothing of ``has_more``) still gets a whole history of ordinary length.
 CONVERSATION_PAGE_MAX = 1000
+CONVERSATION_PAGE_DEFAULT = CONVERSATION_PAGE_MAX

@@ -393,6 +393,19 @@ def retried_in_logs(logs: list[Path], task_ids: set[str]) -> set[str]:
     return found
 
 
+def _history(client: Client, session_id: str) -> list[str]:
+    """Every stored message of a session, page after page."""
+    stored: list[str] = []
+    params: dict[str, Any] = {"wait": 10}
+    while True:
+        read = client.call("GET", f"/api/conversations/{session_id}", params=params)
+        page = client.result(read, "read")
+        stored += [m["content"] for m in page["messages"]]
+        if not page["has_more"]:
+            return stored
+        params = {"wait": 10, "after": page["next"]}
+
+
 def first_difference(a: list[str], b: list[str]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
@@ -644,8 +657,7 @@ def check_outcomes(
 
     # Conversations: every accepted message exactly once, in the order its client sent it.
     for session in sessions:
-        read = client.call("GET", f"/api/conversations/{session.session_id}", params={"wait": 10})
-        stored = [m["content"] for m in client.result(read, "read")["messages"]]
+        stored = _history(client, session.session_id)
         if stored != session.sent:
             violations.append(
                 f"conversation {session.session_id}: {len(stored)} stored, "

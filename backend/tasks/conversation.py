@@ -49,9 +49,9 @@ _MICROSECOND = timedelta(microseconds=1)
 # The page's own keys, its session id (≤ 64) and its cursor (≤ 36), with room to spare:
 # the messages get what MAX_RESULT_BYTES leaves after these.
 _PAGE_ENVELOPE_BYTES = 512
-# Rows fetched per query: a default page and the row that tells whether more follow in
-# one query, and a bounded number of rows in memory at a time for a large ``limit``.
-_CHUNK_ROWS = CONVERSATION_PAGE_DEFAULT + 1
+# Rows fetched per query: a bounded number of rows in memory at a time however large the
+# page (the page's own list is bounded by the result budget).
+_CHUNK_ROWS = 250
 
 
 def format_cursor(position: tuple[datetime, int]) -> str:
