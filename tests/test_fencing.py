@@ -192,6 +192,9 @@ async def _someone_waits_for_a_lock(sessions: Any) -> bool:
     return bool(waiting)
 
 
+# PostgreSQL only: SQLite has one write lock, which the stalled batch holds, so there no
+# successor can claim the run before that batch ends (the lock is the fence there).
+@pytest.mark.parametrize("body_settings", ["postgresql"], indirect=True)
 async def test_a_batch_in_flight_when_the_run_is_taken_over_is_rolled_back(
     body_settings: Settings,
 ) -> None:
@@ -199,11 +202,7 @@ async def test_a_batch_in_flight_when_the_run_is_taken_over_is_rolled_back(
     claims the run meanwhile and resumes from the last committed checkpoint. When the
     first runner wakes, its batch must not commit: the successor does that batch again,
     and a second copy would double its rejected rows and count its rows as unchanged."""
-    if not body_settings.database_url.startswith("postgresql"):
-        pytest.skip(
-            "SQLite has one write lock: the stalled batch holds it, so no successor can "
-            "claim the run before that batch ends (the lock is the fence there)"
-        )
+    assert body_settings.database_url.startswith("postgresql")
     slow = body_settings.model_copy(update={"sync_batch_size": 100, "heartbeat_seconds": 600.0})
     successor = slow.model_copy(update={"lease_seconds": 0.0, "heartbeat_seconds": 5.0})
     dataset, file_id = await _registered(slow, _csv())
