@@ -183,10 +183,12 @@ def start_worker(
     """Start a real Celery worker (prefork) and wait until it is serving."""
     started: list[Worker] = []
 
-    def start(concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
+    def start(
+        concurrency: int = 1, env: dict[str, str] | None = None, pool: str | None = None
+    ) -> Worker:
         name = f"w{uuid.uuid4().hex[:6]}"
         worker = serving_worker(
-            name, stack_env | (env or {}), workdir / "logs", redis_up, concurrency
+            name, stack_env | (env or {}), workdir / "logs", redis_up, concurrency, pool
         )
         started.append(worker)
         return worker

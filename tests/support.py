@@ -137,22 +137,35 @@ class RedisServer(Process):
 
 
 class Worker(Process):
-    def __init__(self, name: str, env: dict[str, str], logs: Path, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        logs: Path,
+        concurrency: int = 1,
+        pool: str | None = None,
+    ) -> None:
         self.name = name
         self.node = f"{name}@{socket.gethostname()}"
         args = [
             sys.executable, "-m", "celery", "-A", "backend.celery_app", "worker",
             "-Q", QUEUES, "-c", str(concurrency), "-n", self.node,
             "--without-mingle", "--without-gossip", "-l", "info",
+            *(["-P", pool] if pool else []),
         ]  # fmt: skip
         super().__init__(args, env, logs / f"worker-{name}.log")
 
 
 def serving_worker(
-    name: str, env: dict[str, str], logs: Path, redis_server: RedisServer, concurrency: int = 1
+    name: str,
+    env: dict[str, str],
+    logs: Path,
+    redis_server: RedisServer,
+    concurrency: int = 1,
+    pool: str | None = None,
 ) -> Worker:
     """Start a real Celery worker and return once it beats into the presence set."""
-    worker = Worker(name, env, logs, concurrency)
+    worker = Worker(name, env, logs, concurrency, pool)
     worker.start()
     members = redis_server.client()
     wait_for(

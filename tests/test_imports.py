@@ -136,3 +136,15 @@ def test_the_runtime_and_the_tasks_do_not_import_fastapi() -> None:
                 continue
             web = [m for m in imported if m.split(".")[0] in ("fastapi", "starlette")]
             assert not web, f"{name} imports {web}"
+
+
+def test_routers_use_only_the_runtimes_front_door() -> None:
+    """Routers (and what they share in backend/api) use what ``backend.runtime`` exports,
+    never its modules, and never ``backend.db`` (DESIGN.md's dependency rule)."""
+    graph, _ = _graph()
+    for name, imported in graph.items():
+        if name.startswith(("backend.routers", "backend.api")):
+            reached = sorted(
+                m for m in imported if m.startswith(("backend.runtime.", "backend.db"))
+            )
+            assert not reached, f"{name} imports {reached}"

@@ -28,6 +28,22 @@ def test_submitted_task_runs_on_a_worker_and_reports_its_result(
     assert client.get(f"/task/{task['task_id']}").json() == done
 
 
+def test_a_solo_pool_worker_runs_leased_and_atomic_tasks_in_its_main_process(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    """``--pool solo`` has no forked children: the worker's process state (loop, engines,
+    announcer) is made on first use in the main process, where beats and the startup
+    sweep already ran."""
+    start_worker(pool="solo")
+    leased = submit(client, "system.sleep", seconds=0.2, steps=2)
+    atomic = client.post(
+        "/api/conversations/solo-pool/messages", json={"role": "user", "content": "hi"}
+    ).json()
+
+    assert wait_state(client, leased["task_id"], "SUCCESS")["result"]["steps"] == 2
+    assert wait_state(client, atomic["task_id"], "SUCCESS")["executor"] == "celery"
+
+
 def test_unknown_task_ids_are_404_not_pending(client: httpx.Client) -> None:
     for path in ("/api/tasks/no-such-task", "/task/no-such-task"):
         response = client.get(path)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.api.deps import Authenticated, RuntimeDep
-from backend.runtime.hub import Event
+from backend.runtime import Event
 
 router = APIRouter(prefix="/api/events", tags=["events"], dependencies=Authenticated)
 

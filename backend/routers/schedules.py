@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, HTTPException, Response
 
 from backend.api.deps import Authenticated, BoundedBodyRoute, RuntimeDep
 from backend.api.errors import error_responses
 from backend.api.responses import submitted
-from backend.runtime.schedules import UnknownSchedule, definition, read_entries
+from backend.runtime import UnknownSchedule
 from backend.schemas.schedules import Schedule
 from backend.schemas.tasks import TaskStatus
 
@@ -20,13 +18,10 @@ router = APIRouter(
     route_class=BoundedBodyRoute,
 )
 
-READ_TIMEOUT_SECONDS = 3.0
-
 
 @router.get("", response_model=list[Schedule])
 async def list_schedules(runtime: RuntimeDep) -> list[Schedule]:
-    async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-        entries = await asyncio.to_thread(read_entries, runtime.celery, redis_up=runtime.broker.up)
+    entries = await runtime.schedule_entries()
     return [
         Schedule(
             name=e.name,
@@ -49,8 +44,7 @@ async def list_schedules(runtime: RuntimeDep) -> list[Schedule]:
 )
 async def run_now(name: str, runtime: RuntimeDep) -> Response:
     try:
-        entry = definition(runtime.celery, name)
+        submission = await runtime.run_schedule(name)
     except UnknownSchedule:
         raise HTTPException(404, f"no schedule named {name!r}") from None
-    submission = await runtime.submit(entry["task"], dict(entry.get("kwargs") or {}))
     return submitted(submission.run)

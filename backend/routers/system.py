@@ -8,7 +8,6 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from backend.api.deps import Authenticated, RuntimeDep
-from backend.runtime.inspect import queue_lengths, workers
 from backend.schemas.system import Queues, Worker, Workers
 
 router = APIRouter(prefix="/api/system", tags=["system"], dependencies=Authenticated)
@@ -18,9 +17,9 @@ router = APIRouter(prefix="/api/system", tags=["system"], dependencies=Authentic
 async def list_workers(runtime: RuntimeDep) -> Workers:
     """Answers within about a second even when no worker does (their ping is then false)."""
     started = time.perf_counter()
-    views = await workers(runtime.broker)
+    broker_up, views = await runtime.worker_views()
     return Workers(
-        broker="up" if runtime.broker.up else "down",
+        broker="up" if broker_up else "down",
         workers=[Worker.model_validate(asdict(v)) for v in views],
         elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
     )
@@ -28,14 +27,10 @@ async def list_workers(runtime: RuntimeDep) -> Workers:
 
 @router.get("/queues", response_model=Queues)
 async def list_queues(runtime: RuntimeDep) -> Queues:
-    lengths = await queue_lengths(runtime.broker) if runtime.broker.up else None
-    local = runtime.local
+    view = await runtime.queue_view()
     return Queues(
-        broker="up" if lengths is not None else "down",
-        queues=dict(lengths[0]) if lengths else {},
-        unacked=lengths[1] if lengths else None,
-        local_executor={
-            "held": local.held_count if local else 0,
-            "capacity": runtime.settings.local_queue_size,
-        },
+        broker="up" if view.broker_up else "down",
+        queues=view.queues,
+        unacked=view.unacked,
+        local_executor={"held": view.local_held, "capacity": view.local_capacity},
     )

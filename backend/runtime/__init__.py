@@ -3,11 +3,15 @@
 Routers use only what is exported here (and task names from backend.constants).
 """
 
+from backend.runtime.hub import Event, EventHub
+from backend.runtime.inspect import WorkerView
 from backend.runtime.local import ExecutorFull
 from backend.runtime.registry import UnknownTask, get_spec
+from backend.runtime.schedules import ScheduleEntry, UnknownSchedule
 from backend.runtime.service import (
     Health,
     NoWorkerAnswered,
+    QueueView,
     Runtime,
     StatusView,
     Submission,
@@ -17,15 +21,21 @@ from backend.runtime.service import (
 )
 
 __all__ = [
+    "Event",
+    "EventHub",
     "ExecutorFull",
     "Health",
     "NoWorkerAnswered",
+    "QueueView",
     "Runtime",
+    "ScheduleEntry",
     "StatusView",
     "Submission",
     "TaskAlreadyFinished",
     "TaskFailed",
     "TaskNotFound",
+    "UnknownSchedule",
     "UnknownTask",
+    "WorkerView",
     "get_spec",
 ]

@@ -23,13 +23,15 @@ from backend.config import Settings
 from backend.constants import FINAL_STATES, Executor, State, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
-from backend.runtime import ledger, recovery
+from backend.runtime import inspect, ledger, recovery, schedules
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.hub import EventHub
+from backend.runtime.inspect import WorkerView
 from backend.runtime.local import ExecutorFull, LocalExecutor
 from backend.runtime.recovery import RecoveryReport
 from backend.runtime.registry import get_spec, notifies
+from backend.runtime.schedules import ScheduleEntry
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,15 @@ class StatusView:
     row: Any
     etag: str
     final: bool
+
+
+@dataclass(frozen=True)
+class QueueView:
+    broker_up: bool
+    queues: dict[str, int]
+    unacked: int | None
+    local_held: int
+    local_capacity: int
 
 
 @dataclass(frozen=True)
@@ -324,6 +335,34 @@ class Runtime:
             return None
         await ledger.mark_dispatched(self.sessions, task_id=orphan.id, executor=executor)
         return executor
+
+    # -- operators' views (what routers/system.py and routers/schedules.py show) --------
+
+    async def worker_views(self) -> tuple[bool, list[WorkerView]]:
+        """Whether Redis is up, and every worker: broadcast answers and presence beats."""
+        return self.broker.up, await inspect.workers(self.broker)
+
+    async def queue_view(self) -> QueueView:
+        lengths = await inspect.queue_lengths(self.broker) if self.broker.up else None
+        return QueueView(
+            broker_up=lengths is not None,
+            queues=dict(lengths[0]) if lengths else {},
+            unacked=lengths[1] if lengths else None,
+            local_held=self.local.held_count if self.local is not None else 0,
+            local_capacity=self.settings.local_queue_size,
+        )
+
+    async def schedule_entries(self, timeout: float = 3.0) -> list[ScheduleEntry]:
+        """The RedBeat entries; RedBeat's client blocks, so it runs in a thread."""
+        async with asyncio.timeout(timeout):
+            return await asyncio.to_thread(
+                schedules.read_entries, self.celery, redis_up=self.broker.up
+            )
+
+    async def run_schedule(self, name: str) -> Submission:
+        """Submit a schedule entry's task now; UnknownSchedule when there is no such entry."""
+        entry = schedules.definition(self.celery, name)
+        return await self.submit(entry["task"], dict(entry.get("kwargs") or {}))
 
     # -- health ----------------------------------------------------------------------
 

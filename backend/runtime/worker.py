@@ -1,8 +1,9 @@
-"""The Celery side: per-process event loop and engine, task binding, and worker signals.
+"""The Celery side: each worker process's state, task binding, and worker signals.
 
 Every worker process (a prefork child, or the main process with ``--pool solo``) runs task
-bodies on one long-lived event loop of its own, made lazily in that process; engines are
-keyed by pid (db/engine.py), so nothing made before a fork is ever used after it.
+bodies on one long-lived event loop of its own, kept with its engines, announcer and
+settings in a ``WorkerProcess`` on the Celery app; nothing made before a fork is used
+after it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from celery import Celery, Task, signals
+from celery import Celery, Task, current_app, signals
 from celery.exceptions import Ignore
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
@@ -33,29 +36,54 @@ from backend.runtime.registry import TaskSpec, all_specs
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_loops: dict[int, asyncio.AbstractEventLoop] = {}
 
+@dataclass
+class WorkerProcess:
+    """What one worker process keeps for the bodies it runs: its event loop, its engines and
+    session factory, its announcer and its settings. It hangs off the Celery app
+    (``app.syncq_process``), the way celery-redbeat keeps its state on the app, and is made
+    in the process that uses it: by ``worker_process_init`` in a prefork child, on first
+    use in the main process of ``--pool solo``. One made before a fork is never used after
+    it (the pid says whose it is)."""
 
-def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on this process's own long-lived loop."""
-    pid = os.getpid()
-    loop = _loops.get(pid)
-    if loop is None or loop.is_closed():
-        loop = _loops[pid] = asyncio.new_event_loop()
+    settings: Settings
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    sessions: async_sessionmaker[AsyncSession]
+    atomic_engine: AsyncEngine
+    announcer: Announcer
+
+    @classmethod
+    def make(cls, app: Celery, settings: Settings) -> WorkerProcess:
+        loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-    return loop.run_until_complete(coro)
+        return cls(
+            settings=settings,
+            pid=os.getpid(),
+            loop=loop,
+            sessions=get_session_factory(settings),
+            atomic_engine=get_atomic_engine(settings.database_url),
+            announcer=Announcer(Broker(settings, app)),
+        )
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on this process's own long-lived loop."""
+        return self.loop.run_until_complete(coro)
 
 
-_announcers: dict[int, Announcer] = {}
+def settings_of(app: Celery) -> Settings:
+    """The settings the app was made with (``bind_tasks`` keeps them on it)."""
+    settings: Settings = app.syncq_settings
+    return settings
 
 
-def worker_announcer(app: Celery, settings: Settings) -> Announcer:
-    """This process's announcer (its own Redis connection, made after the fork)."""
-    pid = os.getpid()
-    announcer = _announcers.get(pid)
-    if announcer is None:
-        announcer = _announcers[pid] = Announcer(Broker(settings, app))
-    return announcer
+def process_of(app: Celery) -> WorkerProcess:
+    """This process's state on ``app``, made here if it is not this process's yet."""
+    state: WorkerProcess | None = getattr(app, "syncq_process", None)
+    if state is None or state.pid != os.getpid() or state.loop.is_closed():
+        state = WorkerProcess.make(app, settings_of(app))
+        app.syncq_process = state
+    return state
 
 
 class TaskBodyFailed(Exception):
@@ -63,7 +91,9 @@ class TaskBodyFailed(Exception):
 
 
 def bind_tasks(app: Celery, settings: Settings) -> None:
-    """Turn every registered spec into a Celery task on its queue (the one registration)."""
+    """Turn every registered spec into a Celery task on its queue (the one registration),
+    and keep the settings on the app for the state of each worker process."""
+    app.syncq_settings = settings
     for spec in all_specs():
         app.task(
             name=spec.name,
@@ -72,23 +102,23 @@ def bind_tasks(app: Celery, settings: Settings) -> None:
             # The ledger is the one record of results; only the health check's bare round
             # trip (untracked, no ledger row) is answered through the result backend.
             ignore_result=spec.tracked,
-        )(_entry(spec, settings))
+        )(_entry(spec))
 
 
-def _entry(spec: TaskSpec, settings: Settings) -> Any:
+def _entry(spec: TaskSpec) -> Any:
     def run(self: Task, **kwargs: Any) -> Any:
-        runner = f"{self.request.hostname}:{os.getpid()}"
-        outcome = run_in_worker_loop(
+        state = process_of(self.app)
+        outcome = state.run(
             execute(
                 spec,
                 self.request.id,
                 kwargs,
                 executor=Executor.CELERY,
-                runner=runner,
-                sessions=get_session_factory(settings),
-                settings=settings,
-                announcer=worker_announcer(self.app, settings),
-                atomic_engine=get_atomic_engine(settings.database_url),
+                runner=f"{self.request.hostname}:{state.pid}",
+                sessions=state.sessions,
+                settings=state.settings,
+                announcer=state.announcer,
+                atomic_engine=state.atomic_engine,
                 redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
             )
         )
@@ -140,29 +170,36 @@ class _Presence:
             self.client.zrem(WORKERS_KEY, self.node)
 
 
-_presence: _Presence | None = None
 PRESENCE_KEPT = 3600  # seconds a silent worker's entry waits for a sweep to notice it
 
 
+def _on_process_init(**_: Any) -> None:
+    """A prefork child: make its state now, before its first task (the pool has just made
+    this app current, see celery.concurrency.prefork.process_initializer)."""
+    app = current_app._get_current_object()
+    if hasattr(app, "syncq_settings"):
+        process_of(app)
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _presence
-    settings = get_settings()
+    app = sender.app if sender is not None else None
+    if app is None or not hasattr(app, "syncq_settings"):
+        return
+    settings = settings_of(app)
     node = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
-    _presence = _Presence(settings, node)
+    presence = _Presence(settings, node)
+    app.syncq_presence = presence
     # Still listed: the last worker of this name died without leaving (a clean stop
     # removes it), maybe holding messages; the startup sweep re-sends what it might have had.
     try:
-        last_seen = _presence.client.zscore(WORKERS_KEY, node)
+        last_seen = presence.client.zscore(WORKERS_KEY, node)
     except redis.RedisError:
         last_seen = None
-    _presence.thread.start()
-    _recover_at_start(sender.app if sender is not None else None, settings, last_seen)
+    presence.thread.start()
+    _recover_at_start(app, settings, last_seen)
 
 
-def _recover_at_start(app: Celery | None, settings: Settings, last_seen: float | None) -> None:
-    if app is None:
-        return
-
+def _recover_at_start(app: Celery, settings: Settings, last_seen: float | None) -> None:
     async def sweep() -> None:
         broker = Broker(settings, app)
         sessions = get_session_factory(settings)
@@ -180,14 +217,15 @@ def _recover_at_start(app: Celery | None, settings: Settings, last_seen: float |
             await broker.close()
 
     try:
-        run_in_worker_loop(sweep())
+        process_of(app).run(sweep())
     except Exception:
         log.warning("startup recovery failed", exc_info=True)
 
 
-def _on_worker_shutdown(**_: Any) -> None:
-    if _presence is not None:
-        _presence.stop()
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    presence: _Presence | None = getattr(getattr(sender, "app", None), "syncq_presence", None)
+    if presence is not None:
+        presence.stop()
 
 
 def _on_setup_logging(loglevel: Any = None, **_: Any) -> None:
@@ -198,5 +236,6 @@ def _on_setup_logging(loglevel: Any = None, **_: Any) -> None:
 
 
 signals.setup_logging.connect(_on_setup_logging, weak=False)
+signals.worker_process_init.connect(_on_process_init, weak=False)
 signals.worker_ready.connect(_on_worker_ready, weak=False)
 signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
