@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import Authenticated, BoundedBodyRoute, IdempotencyKey, RuntimeDep
+from backend.api.params import PageAfter, PageLimit, SessionIdPath
 from backend.api.responses import STILL_RUNNING, result_or_accepted, submitted
 from backend.constants import CONVERSATION_PAGE_DEFAULT, TaskName
 from backend.runtime import Runtime
@@ -17,11 +18,8 @@ from backend.schemas.conversations import (
     SESSION_ID_PATTERN,
     Conversation,
     MessageIn,
-    PageAfter,
-    PageLimit,
     RunIn,
     RunOut,
-    SessionIdPath,
 )
 from backend.schemas.tasks import TaskStatus
 

@@ -24,6 +24,7 @@ from backend.api.deps import (
     SettingsDep,
 )
 from backend.api.errors import UNPROCESSABLE, error_responses
+from backend.api.params import DatasetPath, TaskIdPath
 from backend.api.responses import STILL_RUNNING, accepted, result_or_accepted
 from backend.constants import State, TaskName
 from backend.files import storage
@@ -33,7 +34,6 @@ from backend.schemas.data_sync import (
     DATASET_PATTERN,
     BatchAccepted,
     DatasetOut,
-    DatasetPath,
     FileAccepted,
     FileOut,
     FileRegistered,
@@ -42,7 +42,7 @@ from backend.schemas.data_sync import (
     SyncBatch,
     SyncSingle,
 )
-from backend.schemas.tasks import TaskIdPath, TaskStatus
+from backend.schemas.tasks import TaskStatus
 
 router = APIRouter(
     prefix="/api/data-sync",

@@ -17,13 +17,13 @@ from backend.api.deps import (
     RuntimeDep,
 )
 from backend.api.errors import error_responses
+from backend.api.params import TaskIdPath
 from backend.api.responses import submitted
 from backend.constants import State, TaskName
 from backend.runtime import get_spec
 from backend.schemas.tasks import (
     TASK_NAME_PATTERN,
     HealthCheck,
-    TaskIdPath,
     TaskStatus,
     TaskSubmit,
     TaskSummary,

@@ -6,39 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, Field
 
-from backend.constants import CONVERSATION_PAGE_MAX
 from backend.schemas.types import NO_NUL, NOT_BLANK, storable
 
 MAX_CONTENT_CHARS = 64 * 1024
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
-SessionIdPath = Annotated[
-    str, Path(pattern=SESSION_ID_PATTERN, description="letters, digits and _ . : - (≤ 64)")
-]
-
 # A page cursor (tasks/conversation.py writes it): the digits are bounded so that every
 # string this admits is a position the read can use (a time before the year 5200, an id
 # that fits a BIGINT), and a schema-valid cursor is never refused.
 CURSOR_PATTERN = r"^[0-9]{1,17}-[0-9]{1,18}$"
-
-PageLimit = Annotated[
-    int,
-    Query(
-        ge=1,
-        le=CONVERSATION_PAGE_MAX,
-        description="at most this many messages (a page of long messages may hold fewer)",
-    ),
-]
-PageAfter = Annotated[
-    str | None,
-    Query(
-        pattern=CURSOR_PATTERN,
-        description="the `next` of the previous page: start after it (default: the first)",
-    ),
-]
 
 
 def _content(value: str) -> str:

@@ -6,17 +6,11 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Protocol
 
-from fastapi import Path
 from pydantic import AfterValidator, BaseModel, Field
 
 from backend.schemas.types import JSON_INTEGER, storable
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-
-TaskIdPath = Annotated[
-    str,
-    Path(pattern=TASK_ID_PATTERN, description="a task id (letters, digits and . _ : -, ≤ 64)"),
-]
 
 
 class Progress(BaseModel):

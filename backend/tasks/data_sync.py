@@ -26,33 +26,12 @@ from backend.files import readers, storage
 from backend.files.readers import BadFile
 from backend.runtime.context import TaskCancelled, TaskContext
 from backend.runtime.registry import Mode, task
+from backend.schemas.data_sync import DatasetOut, FileOut, RecordOut, RecordsPage
 
 log = logging.getLogger(__name__)
 
 KEYS_FILE = ".keys"
 INBOX_SETTLE_SECONDS = 2.0
-
-
-def file_out(f: SyncFile) -> dict[str, Any]:
-    return {
-        "file_id": f.id,
-        "original_name": f.original_name,
-        "format": f.format,
-        "size": f.size,
-        "checksum": f.checksum,
-        "dataset": f.dataset,
-        "registered_at": f.registered_at.isoformat(),
-        "last_sync_state": f.last_sync_state,
-        "last_sync_task_id": f.last_sync_task_id,
-        "last_synced_at": f.last_synced_at.isoformat() if f.last_synced_at else None,
-        "rows": {
-            "read": f.rows_read,
-            "inserted": f.rows_inserted,
-            "updated": f.rows_updated,
-            "unchanged": f.rows_unchanged,
-            "rejected": f.rows_rejected,
-        },
-    }
 
 
 # -- registering --------------------------------------------------------------------------
@@ -387,7 +366,7 @@ async def find_files(ctx: TaskContext, file_ids: list[int]) -> dict[str, Any]:
 @task(TaskName.LIST_FILES, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
 async def list_files(ctx: TaskContext) -> list[dict[str, Any]]:
     async with ctx.session() as session:
-        return [file_out(f) for f in await q.list_files(session)]
+        return [FileOut.of(f).model_dump() for f in await q.list_files(session)]
 
 
 @task(TaskName.DATASET_SUMMARY, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
@@ -396,12 +375,12 @@ async def dataset_summary(ctx: TaskContext, dataset: str) -> dict[str, Any] | No
         found = await q.get_dataset(session, name=dataset)
         if found is None:
             return None
-        return {
-            "dataset": dataset,
-            "key_columns": found.key_columns,
-            "record_count": await q.record_count(session, dataset=dataset),
-            "files": [file_out(f) for f in await q.list_files(session, dataset=dataset)],
-        }
+        return DatasetOut(
+            dataset=dataset,
+            key_columns=found.key_columns,
+            record_count=await q.record_count(session, dataset=dataset),
+            files=[FileOut.of(f) for f in await q.list_files(session, dataset=dataset)],
+        ).model_dump()
 
 
 @task(TaskName.LIST_RECORDS, queue=Queue.DATABASE, mode=Mode.ATOMIC, notify=False)
@@ -412,17 +391,6 @@ async def list_records(
         if await q.get_dataset(session, name=dataset) is None:
             return None
         page = await q.records_page(session, dataset=dataset, limit=limit, offset=offset)
-        return {
-            "dataset": dataset,
-            "limit": limit,
-            "offset": offset,
-            "records": [
-                {
-                    "key": r.key,
-                    "data": r.data,
-                    "source_file_id": r.source_file_id,
-                    "updated_at": r.updated_at.isoformat(),
-                }
-                for r in page
-            ],
-        }
+        return RecordsPage(
+            dataset=dataset, limit=limit, offset=offset, records=[RecordOut.of(r) for r in page]
+        ).model_dump()
