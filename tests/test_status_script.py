@@ -76,15 +76,35 @@ def test_with_no_worker_the_health_step_fails_with_a_hint_and_exit_status_1(
     assert "worker round-trip" in proc.stderr  # progress went to stderr
 
 
-def test_usage_errors_exit_2() -> None:
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9"
-    no_token = run_script("--base-url", url, timeout=30)
+    nothing_written = {"DATA_DIR": str(tmp_path / "empty")}  # no launcher's token to fall back on
+    no_token = run_script("--base-url", url, timeout=30, env=nothing_written)
     assert no_token.returncode == 2 and "API_TOKEN" in no_token.stderr
     half = run_script(
         "--base-url", url, "--token", TOKEN, "--allow-redis-stop-cmd", "true",
         timeout=30,
     )  # fmt: skip
     assert half.returncode == 2 and "--redis-start-cmd" in half.stderr
+
+
+def test_a_bare_run_takes_the_token_and_redis_the_launcher_wrote(
+    client: httpx.Client, api: Api, redis_up: RedisServer, tmp_path: Path
+) -> None:
+    """Its users run the script with no arguments where ./scripts/start.sh runs: with no
+    API_TOKEN it reads DATA_DIR/api_token, and the Redis URL from the settings, and says
+    so. (Only --base-url is given: the test's API is not on port 8000.)"""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "api_token").write_text(TOKEN + "\n")
+    env = {"DATA_DIR": str(data_dir), "REDIS_URL": redis_up.url}
+    proc = run_script("--base-url", api.base_url, "--json", timeout=120, env=env)
+
+    assert f"token: from {data_dir / 'api_token'}" in proc.stderr, explain(proc)
+    report = json.loads(proc.stdout)
+    found = items(report)
+    assert found[("Health", "GET /health")]["status"] == "passed", explain(proc)
+    assert found[("Performance", "Redis memory (INFO memory)")]["status"] == "passed"
 
 
 class WorkerRestarts:

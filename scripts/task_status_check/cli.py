@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from . import local_stack
 
 MAX_CONCURRENCY = 1000  # one thread (and connection) per task submitted at once
 
@@ -197,10 +200,14 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     output.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     args.base_url = args.base_url.rstrip("/")
+    args.token, args.redis_url, notes = local_stack.fill_in(args.token, args.redis_url)
+    if not args.quiet:
+        for note in notes:
+            print(note, file=sys.stderr)
     if not args.token:
         parser.error(
             "no token: pass --token or set API_TOKEN "
-            "(./scripts/start.sh writes one to data/api_token)"
+            "(./scripts/start.sh writes one to data/api_token, read when it is there)"
         )
     if args.allow_redis_stop_cmd and not args.redis_start_cmd:
         parser.error("--allow-redis-stop-cmd needs --redis-start-cmd, to start Redis again")
