@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     # than this (younger ones may belong to a registration still waiting in the queue).
     upload_sweep_age_seconds: float = 24 * 3600.0
 
+    # Metrics (GET /metrics, backend/runtime/metrics.py). PROMETHEUS_MULTIPROC_DIR: the
+    # directory where every process writes its metrics for the API to add up; it must be
+    # in the environment itself (prometheus-client reads it when imported). Loopback: let
+    # a scraper on 127.0.0.1/::1 in without a token (not behind a proxy on the same host).
+    prometheus_multiproc_dir: str = ""
+    metrics_public_on_loopback: bool = False
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
+
     # Logging: json | text | auto (JSON unless stderr is a terminal).
     log_level: str = "INFO"
     log_format: str = "auto"

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 import backend.tasks  # noqa: F401  (registers the task bodies the runtime submits and runs)
 from backend.api.errors import install_error_handlers
 from backend.config import Settings, get_settings
+from backend.dashboard import install_pages
 from backend.db.engine import dispose_engines
 from backend.log_config import configure_logging
 from backend.routers import api_router
@@ -49,10 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # /docs, /redoc and /dashboard: backend/dashboard (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(api_router)
+    install_pages(app)
     return app
 
 

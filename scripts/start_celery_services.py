@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -61,6 +62,24 @@ def readable(raw: str) -> str:
     )
 
 
+_SERIOUS = re.compile(r"^(?:\[[WEC] |(?:WARNING|ERROR|CRITICAL)\b)|Traceback")
+
+
+def serious(line: str) -> bool:
+    """A warning or worse, as our JSON lines (made readable) or Tornado's own format
+    write it: what of Flower's output the terminal shows (its start-up banner is INFO)."""
+    return bool(_SERIOUS.search(line))
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """The directory every process writes its Prometheus metrics to, for the API to add
+    up; emptied of the last run's files (prometheus-client's multiprocess rule)."""
+    private_dir(path)
+    for stale in path.glob("*.db"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def _die_with_parent() -> None:
     """Linux: a child gets SIGTERM if the launcher itself is killed (even with -9)."""
     os.setsid()
@@ -81,11 +100,15 @@ class Component:
         healthy: Callable[[], bool],
         start_timeout: float = 60,
         stdin: bytes | None = None,
+        terminal: Callable[[str], bool] | None = None,
     ) -> None:
         """``stdin``: written to the process's standard input at every start, then closed
-        (a secret it reads there is on no command line, where any user could read it)."""
+        (a secret it reads there is on no command line, where any user could read it).
+        ``terminal``: which lines (as shown) also go to the terminal; all by default. The
+        log file gets every line."""
         self.name, self.args, self.env = name, args, env
         self.stdin = stdin
+        self.terminal = terminal
         self.log_path = logs / f"{name}.log"
         self.healthy = healthy
         self.start_timeout = start_timeout
@@ -118,8 +141,11 @@ class Component:
                 sink.write(raw)
                 sink.flush()
                 line = raw.decode(errors="replace").rstrip()
-                if line.strip():
-                    say(self.name, readable(line))
+                if not line.strip():
+                    continue
+                shown = readable(line)
+                if self.terminal is None or self.terminal(shown):
+                    say(self.name, shown)
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -374,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
                 env[name] = redis_url
 
+        # Workers (prefork children) and uvicorn workers write their metrics here; the
+        # API's GET /metrics adds them all up (README, "Metrics").
+        metrics_dir = Path(settings.prometheus_multiproc_dir or settings.data_dir / "metrics")
+        prepare_metrics_dir(metrics_dir.resolve())
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+
         if not args.no_worker:
             host = socket.gethostname()
             for i in range(1, args.workers + 1):
@@ -433,11 +465,14 @@ def main(argv: list[str] | None = None) -> int:
                     flower_env,
                     logs,
                     lambda: http_ok(f"{flower_base}/healthcheck", flower_auth),
+                    # Its start-up banner (INFO) stays in logs/flower.log.
+                    terminal=serious,
                 )
             )  # fmt: skip
 
         if not args.no_api:
             say("ready", f"API      {api_base}   docs: {api_base}/docs")
+            say("ready", f"Metrics  {api_base}/metrics   (bearer token)")
         if not args.no_flower:
             say("ready", f"Flower   {flower_base}   (user syncq, password: the API token)")
         say("ready", f"Redis    {without_password(redis_url)}{redis_note}")

@@ -14,6 +14,16 @@ if ! .venv/bin/python -c "import backend, pytest, mypy" 2>/dev/null \
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   touch .venv/.installed-dev
 fi
+# The browser tests (tests/browser.py) drive Debian's Chromium through Playwright, whose
+# own browser downloads are never used. Installed here when missing and we can; otherwise
+# those tests skip and say why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "== apt-get install chromium (for the browser tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; } \
+    || echo "chromium could not be installed: the browser tests will skip"
+fi
 echo "== ruff"
 .venv/bin/ruff check backend tests scripts benchmarks
 .venv/bin/ruff format --check backend tests scripts benchmarks

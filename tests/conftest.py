@@ -17,6 +17,7 @@ import pytest
 
 from backend.config import Settings
 from backend.db.engine import dispose_engines
+from tests.browser import browser  # noqa: F401  (the Chromium fixture: tests/browser.py)
 from tests.helpers import EventStream
 from tests.support import (
     TOKEN,

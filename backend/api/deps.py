@@ -68,6 +68,8 @@ async def require_token(
 
 
 Authenticated = [Depends(require_token)]
+# The bearer credentials as ``require_token`` reads them, for a route that decides itself.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload

@@ -7,6 +7,7 @@ from backend.routers import (
     data_sync,
     events,
     health,
+    metrics,
     notifications,
     schedules,
     system,
@@ -24,3 +25,4 @@ api_router.include_router(schedules.router)
 api_router.include_router(events.router)
 api_router.include_router(notifications.router)
 api_router.include_router(system.router)
+api_router.include_router(metrics.router)

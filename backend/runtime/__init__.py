@@ -6,6 +6,7 @@ Routers use only what is exported here (and task names from backend.constants).
 from backend.runtime.hub import Event, EventHub
 from backend.runtime.inspect import WorkerView
 from backend.runtime.local import ExecutorFull
+from backend.runtime.metrics import METRICS_CONTENT_TYPE
 from backend.runtime.registry import UnknownTask, get_spec
 from backend.runtime.schedules import ScheduleEntry, UnknownSchedule
 from backend.runtime.service import (
@@ -21,6 +22,7 @@ from backend.runtime.service import (
 )
 
 __all__ = [
+    "METRICS_CONTENT_TYPE",
     "Event",
     "EventHub",
     "ExecutorFull",

@@ -30,6 +30,26 @@ WORKER_SEEN_WITHIN = 15.0
 PROBE_MISSES_FOR_DOWN = 2
 
 
+# The broker state this process last logged. Process-wide, not per ``Broker``: the
+# scheduled recovery sweep makes a new Broker every time, and each started out "down", so
+# every sweep logged "broker is up". Now a process says it only when the state changes.
+_logged_up: bool | None = None
+
+
+def _log_state(up: bool, why: str = "") -> None:
+    global _logged_up
+    if up == _logged_up:
+        return
+    first, _logged_up = _logged_up is None, up
+    if up:
+        # Up from the start is no news (and each prefork child would repeat it).
+        log.log(
+            logging.DEBUG if first else logging.INFO, "broker is up%s", "" if first else " again"
+        )
+    else:
+        log.warning("broker is down%s", why)
+
+
 def celery_priority(priority: int) -> int:
     """API priorities are 0-9 with 9 the most urgent; kombu's Redis transport serves 0 first."""
     return 9 - max(0, min(9, priority))
@@ -83,14 +103,12 @@ class Broker:
                 answered = False
             self._misses = 0 if answered else self._misses + 1
             up = answered or (self._up and self._misses < PROBE_MISSES_FOR_DOWN)
-            if up != self._up:
-                log.warning("broker is %s", "up" if up else "down")
+            _log_state(up)
             self._up, self._checked_at = up, time.monotonic()
             return up
 
     def mark_down(self) -> None:
-        if self._up:
-            log.warning("broker is down (publish failed)")
+        _log_state(False, " (publish failed)")
         self._up, self._checked_at = False, time.monotonic()
 
     async def publish(

@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -41,7 +42,7 @@ from backend.config import Settings
 from backend.constants import State
 from backend.db.models.base import utcnow
 from backend.log_config import current_task_id
-from backend.runtime import ledger
+from backend.runtime import ledger, metrics
 from backend.runtime.context import (
     LeaseLost,
     TaskCancelled,
@@ -104,16 +105,30 @@ async def execute(
     rolled its claim back with it and left no count, and only a committed claim lets
     ``MAX_ATTEMPTS`` stop a body that kills every worker it runs on."""
     token = current_task_id.set(task_id)
+    began = time.monotonic()
     try:
         engine = atomic_engine or ledger.engine_of(sessions)
         run = _Run(spec, task_id, args, executor, runner, sessions, settings, announcer, engine)
         if not spec.tracked:
-            return await run.untracked()
-        if spec.mode is Mode.ATOMIC and not redelivered:
-            return await run.atomic()
-        return await run.leased()
+            outcome = await run.untracked()
+        elif spec.mode is Mode.ATOMIC and not redelivered:
+            outcome = await run.atomic()
+        else:
+            outcome = await run.leased()
+        run.record(outcome, time.monotonic() - began)
+        return outcome
     finally:
         current_task_id.reset(token)
+
+
+# The state an outcome leaves its task in; SKIPPED and LOST leave it to someone else (and
+# say so in their own log lines).
+_OUTCOME_STATES = {
+    Kind.SUCCEEDED: State.SUCCESS,
+    Kind.FAILED: State.FAILURE,
+    Kind.REVOKED: State.REVOKED,
+    Kind.RETRY: State.RETRY,
+}
 
 
 class _SoftLimit(Exception):
@@ -133,6 +148,39 @@ class _Run:
     atomic_engine: AsyncEngine
     token: str = field(default_factory=lambda: str(uuid.uuid4()))
     attempt: int = 0
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None  # the first start's, from the claim
+
+    def record(self, outcome: Outcome, seconds: float) -> None:
+        """One log line and the metrics of this delivery's outcome (no query: the times
+        came back with the claim)."""
+        state = _OUTCOME_STATES.get(outcome.kind)
+        if state is None:
+            return
+        name, queue, executor = self.spec.name, self.spec.queue, self.executor
+        if state is State.RETRY:
+            metrics.TASK_RETRIES.labels(name, queue, executor).inc()
+        elif state is not State.REVOKED:  # a cancel is counted where it ends the row
+            started = self.started_at
+            metrics.task_finished(
+                name,
+                queue,
+                executor,
+                state,
+                ran=(utcnow() - started).total_seconds() if started else None,
+                waited=(
+                    (started - self.submitted_at).total_seconds()
+                    if started and self.submitted_at
+                    else None
+                ),
+            )
+        # The health check's bare round trips would flood the log: DEBUG for those.
+        level = logging.INFO if self.spec.tracked else logging.DEBUG
+        log.log(level, "task %s %s %s in %.3f s", name, self.task_id, state.value, seconds)
+
+    def _claimed(self, row: Any) -> int:
+        self.submitted_at, self.started_at = row.submitted_at, row.started_at
+        return int(row.attempts)
 
     # -- ATOMIC ----------------------------------------------------------------------
 
@@ -149,7 +197,7 @@ class _Run:
                     await tx.rollback()
                     self.token = str(uuid.uuid4())
                     return await self.leased()
-                self.attempt = claimed.attempts
+                self.attempt = self._claimed(claimed)
                 result = await self._body_with_limit(self._context(_joined(conn)))
                 # Too large to store: raised here, it rolls the run back (runtime/results.py).
                 check_result_size(result, self.settings.max_result_bytes)
@@ -196,17 +244,17 @@ class _Run:
     async def _after_rollback(self, error: dict[str, Any]) -> Outcome:
         """Record a failure of an atomic run whose transaction was rolled back."""
         self.token = str(uuid.uuid4())
-        attempt = await ledger.claim(self.sessions, **self._claim_args())
-        if attempt is None:
+        claimed = await ledger.claim_row(self.sessions, **self._claim_args())
+        if claimed is None:
             return self._skipped()
-        self.attempt = attempt
+        self.attempt = self._claimed(claimed)
         return await self._fail(error)
 
     # -- LEASED ----------------------------------------------------------------------
 
     async def leased(self) -> Outcome:
-        attempt = await ledger.claim(self.sessions, **self._claim_args())
-        if attempt is None and self.spec.scheduled and not await self._exists():
+        claimed = await ledger.claim_row(self.sessions, **self._claim_args())
+        if claimed is None and self.spec.scheduled and not await self._exists():
             await ledger.adopt(
                 self.sessions,
                 task_id=self.task_id,
@@ -214,10 +262,10 @@ class _Run:
                 queue=self.spec.queue,
                 args=self.args,
             )
-            attempt = await ledger.claim(self.sessions, **self._claim_args())
-        if attempt is None:
+            claimed = await ledger.claim_row(self.sessions, **self._claim_args())
+        if claimed is None:
             return self._skipped()
-        self.attempt = attempt
+        self.attempt = self._claimed(claimed)
         await self._announce(self._event(State.STARTED))
 
         ctx = self._context(self.sessions, leased=True)

@@ -269,7 +269,7 @@ _CLAIM = (
         started_at=func.coalesce(TaskRun.started_at, bindparam("now", type_=_WHEN)),
         heartbeat_at=bindparam("now"),
     )
-    .returning(TaskRun.attempts, TaskRun.recoveries)
+    .returning(TaskRun.attempts, TaskRun.recoveries, TaskRun.submitted_at, TaskRun.started_at)
 )
 
 
@@ -302,12 +302,29 @@ async def claim(
     The claim is what makes a duplicate delivery do nothing: only one claimant's UPDATE
     matches, and a live runner's heartbeat keeps its lease from matching at all.
     """
+    row = await claim_row(
+        sessions, task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
+    )
+    return None if row is None else int(row.attempts)
+
+
+async def claim_row(
+    sessions: Sessions,
+    *,
+    task_id: str,
+    token: str,
+    runner: str,
+    executor: str,
+    lease: timedelta,
+) -> Row[int, int, datetime, datetime | None] | None:
+    """``claim``, answering the row's ``attempts``, ``recoveries``, ``submitted_at`` and
+    ``started_at`` (the first start's) as the claim left them."""
     params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
     async with _autocommit(sessions).connect() as conn:
         row = (await conn.execute(_CLAIM, params)).first()
-    return None if row is None else int(row.attempts)
+    return row
 
 
 async def claim_in(
@@ -318,15 +335,16 @@ async def claim_in(
     runner: str,
     executor: str,
     lease: timedelta,
-) -> Row[int, int] | None:
+) -> Row[int, int, datetime, datetime | None] | None:
     """``claim`` inside the caller's transaction: the row stays locked (PostgreSQL: the
     row; SQLite: the database) until that transaction ends, so a duplicate delivery waits
     and then finds the run finished, and nobody ever sees it half done. The row's
-    ``attempts`` and ``recoveries``, or None when it is not ours to run."""
+    ``attempts``, ``recoveries``, ``submitted_at`` and ``started_at``, or None when it is
+    not ours to run."""
     params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
-    claimed: Row[int, int] | None = (await conn.execute(_CLAIM, params)).first()
+    claimed = (await conn.execute(_CLAIM, params)).first()
     return claimed
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from backend.config import Settings
 from backend.constants import PRESENCE_INTERVAL, Executor, State
-from backend.runtime import ledger
+from backend.runtime import ledger, metrics
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.registry import UnknownTask, get_spec, notifies
@@ -61,7 +61,7 @@ async def sweep(
     dead_seen = await broker.take_dead_workers() if broker_up else None
     if worker_last_seen is not None:
         dead_seen = max(dead_seen or 0.0, worker_last_seen)
-    return await recover(
+    report = await recover(
         sessions=sessions,
         settings=settings,
         dispatch=dispatch,
@@ -69,6 +69,14 @@ async def sweep(
         broker_lost_data=lost,
         worker_lost_at=_since(dead_seen),
     )
+    metrics.RECOVERY_SWEEPS.inc()
+    if report.redispatched:
+        metrics.RECOVERY_REDISPATCHED.inc(len(report.redispatched))
+    if report.failed:
+        metrics.RECOVERY_GAVE_UP.inc(len(report.failed))
+    if report.broker_lost_data:
+        metrics.BROKER_DATA_LOST.inc()
+    return report
 
 
 def _since(last_seen: float | None) -> datetime | None:
@@ -136,6 +144,9 @@ async def recover(
             )
             if ended.done:
                 report.failed.append(orphan.id)
+                metrics.task_finished(
+                    orphan.name, orphan.queue, orphan.executor, State.FAILURE, ran=None, waited=None
+                )
                 event = TaskEvent(
                     orphan.id, orphan.name, State.FAILURE, orphan.executor, error=error
                 )

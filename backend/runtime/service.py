@@ -23,7 +23,7 @@ from backend.config import Settings
 from backend.constants import FINAL_STATES, Executor, State, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
-from backend.runtime import inspect, ledger, recovery, schedules
+from backend.runtime import inspect, ledger, metrics, recovery, schedules
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer, TaskEvent
 from backend.runtime.hub import EventHub
@@ -133,6 +133,7 @@ class Runtime:
         if self.hub is not None:
             await self.hub.close()
         await self.broker.close()
+        metrics.process_exiting(self.settings)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -144,6 +145,8 @@ class Runtime:
         while True:
             await asyncio.sleep(self.settings.broker_probe_ttl / 2)
             await self.broker.probe()
+            if self.local is not None:  # each API process's share of the summed gauge
+                metrics.set_local_fill(self.local.held_count, self.settings.local_queue_size)
 
     async def _sweep_forever(self) -> None:
         """Recovery at every interval; and while Redis is down (so no beat can fire), the
@@ -215,6 +218,7 @@ class Runtime:
         if executor != run.executor:
             await ledger.mark_dispatched(self.sessions, task_id=run.id, executor=executor)
             run.executor = executor
+        metrics.TASKS_SUBMITTED.labels(name, spec.queue, executor).inc()
         await self._announce(TaskEvent(run.id, name, run.state, run.executor))
         return Submission(run, created=True)
 
@@ -306,6 +310,10 @@ class Runtime:
             # Best effort, off the request path: the ledger flag is what makes cancel stick.
             self._spawn(asyncio.to_thread(self.celery.control.revoke, task_id))
         run = await self.status(task_id)
+        # Every cancel ends its row here (a running body stops later, uncounted).
+        metrics.task_finished(
+            run.name, run.queue, run.executor, State.REVOKED, ran=None, waited=None
+        )
         await self._announce(
             TaskEvent(run.id, run.name, run.state, run.executor, run.progress, run.error),
             notice=ended.notice,
@@ -350,6 +358,21 @@ class Runtime:
             unacked=lengths[1] if lengths else None,
             local_held=self.local.held_count if self.local is not None else 0,
             local_capacity=self.settings.local_queue_size,
+        )
+
+    async def metrics_text(self) -> bytes:
+        """``GET /metrics``: every process's counters and histograms (runtime/metrics.py),
+        and the queue depths, local executor fill and broker health as they are now."""
+        view = await self.queue_view()
+        return metrics.render(
+            self.settings,
+            metrics.LiveValues(
+                broker_up=view.broker_up,
+                queues=view.queues,
+                unacked=view.unacked,
+                local_held=view.local_held,
+                local_capacity=view.local_capacity if self.local is not None else 0,
+            ),
         )
 
     async def schedule_entries(self, timeout: float = 3.0) -> list[ScheduleEntry]:

@@ -27,7 +27,7 @@ from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
 from backend.db.engine import get_atomic_engine, get_session_factory
 from backend.log_config import configure_logging
-from backend.runtime import recovery
+from backend.runtime import metrics, recovery
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
 from backend.runtime.execution import Kind, execute
@@ -196,6 +196,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     except redis.RedisError:
         last_seen = None
     presence.thread.start()
+    try:
+        pool = type(getattr(sender, "pool", None)).__module__
+        metrics.serve_worker_metrics(settings, prefork="prefork" in pool)
+    except OSError:
+        log.warning("could not serve worker metrics", exc_info=True)
     _recover_at_start(app, settings, last_seen)
 
 
@@ -223,9 +228,19 @@ def _recover_at_start(app: Celery, settings: Settings, last_seen: float | None) 
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    presence: _Presence | None = getattr(getattr(sender, "app", None), "syncq_presence", None)
+    app = getattr(sender, "app", None)
+    presence: _Presence | None = getattr(app, "syncq_presence", None)
     if presence is not None:
         presence.stop()
+    if hasattr(app, "syncq_settings"):
+        metrics.process_exiting(settings_of(app))
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    """A prefork child ends: its live gauges stop counting in the summed metrics."""
+    app = current_app._get_current_object()
+    if hasattr(app, "syncq_settings"):
+        metrics.process_exiting(settings_of(app))
 
 
 def _on_setup_logging(loglevel: Any = None, **_: Any) -> None:
@@ -239,3 +254,4 @@ signals.setup_logging.connect(_on_setup_logging, weak=False)
 signals.worker_process_init.connect(_on_process_init, weak=False)
 signals.worker_ready.connect(_on_worker_ready, weak=False)
 signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)

@@ -24,6 +24,7 @@ from backend.db.models.base import utcnow
 from backend.db.queries import data_sync as q
 from backend.files import readers, storage
 from backend.files.readers import BadFile
+from backend.runtime import metrics
 from backend.runtime.context import TaskCancelled, TaskContext
 from backend.runtime.registry import Mode, task
 from backend.schemas.data_sync import DatasetOut, FileOut, RecordOut, RecordsPage
@@ -324,6 +325,7 @@ async def _sync(
                 session, task_id=ctx.task_id, file_id=f.id, rows_done=done, counts=counts
             )
             await ctx.hold(session)
+        metrics.rows_synced(batch_counts.as_dict())  # committed: counted once
         await ctx.progress(
             done,
             max(info.total_rows, done),
