@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import redis
+
 TOKEN_FILE = "api_token"
 REDIS_PASSWORD_FILE = "redis_password"
 
@@ -43,19 +45,36 @@ def token(settings: object | None) -> tuple[str | None, str]:
     return (written, str(path)) if written else (None, "")
 
 
-def redis_url(settings: object | None) -> tuple[str | None, str]:
-    """The Redis the launcher uses: the settings' URL, with the password the launcher
-    made for its embedded Redis when the URL names none and that file exists."""
-    url = str(getattr(settings, "redis_url", "") or "")
+def redis_url(settings: object | None, given: str | None) -> tuple[str | None, str]:
+    """The Redis the launcher uses: the URL given (or the settings'), with the password the
+    launcher made for its embedded Redis when the URL names none, that file exists and
+    the Redis refuses us without it."""
+    url = given or str(getattr(settings, "redis_url", "") or "")
     if not url:
         return None, ""
+    source = "the Redis URL given" if given else "the settings' REDIS_URL"
     parts = urlsplit(url)
     password_file = data_dir(settings) / REDIS_PASSWORD_FILE
-    if parts.password or not password_file.is_file():
-        return url, "REDIS_URL"
+    if parts.password or not password_file.is_file() or not _wants_a_password(url):
+        return url, source
     password = quote(password_file.read_text().strip(), safe="")
     netloc = f":{password}@{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
-    return urlunsplit(parts._replace(netloc=netloc)), str(password_file)
+    return urlunsplit(parts._replace(netloc=netloc)), f"{source} and {password_file}"
+
+
+def _wants_a_password(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        return True
+    except redis.ResponseError as exc:
+        return "NOAUTH" in str(exc) or "authenticated" in str(exc)
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    return False
 
 
 def fill_in(
@@ -68,8 +87,8 @@ def fill_in(
         token_given, source = token(settings)
         if token_given:
             notes.append(f"token: from {source} (no --token, no API_TOKEN)")
-    if not redis_given:
-        redis_given, source = redis_url(settings)
-        if redis_given:
-            notes.append(f"Redis: from {source} (no --redis-url, no REDIS_URL)")
+    url, source = redis_url(settings, redis_given)
+    if url and url != redis_given:
+        notes.append(f"Redis: from {source} (the memory check)")
+    redis_given = url
     return token_given, redis_given, notes
