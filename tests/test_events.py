@@ -136,7 +136,10 @@ def test_system_views_show_the_worker_and_the_queues(
             (b := client.get("/api/system/workers").json())
             # every part of the broadcast answered (a busy worker may miss one reply's
             # timeout, and the view then shows what it has: the next call completes it)
-            and any(w["name"] == worker.node and w["ping"] and w["pool"] for w in b["workers"])
+            and any(
+                w["name"] == worker.node and w["ping"] and w["pool"] and w["queues"]
+                for w in b["workers"]
+            )
             and b
         ),
         30,

@@ -34,6 +34,16 @@ from backend.runtime.registry import get_spec
 
 ROWS = 6000
 BAD_EVERY = 50  # every 50th row has no key: 120 rejected rows, each must be recorded once
+GOOD = ROWS - ROWS // BAD_EVERY
+# What exactly one sync of the test file leaves, however many runners tried.
+ONE_SYNC = {
+    "records": GOOD,
+    "errors": ROWS // BAD_EVERY,
+    "state": State.SUCCESS,
+    "read": ROWS,
+    "inserted": GOOD,
+    "rejected": ROWS // BAD_EVERY,
+}
 
 
 def _csv() -> bytes:
@@ -139,15 +149,7 @@ async def test_a_runner_whose_lease_was_taken_over_writes_nothing_more(
     lost = await first
 
     assert (lost.kind, second.kind) == (Kind.LOST, Kind.SUCCEEDED)
-    good = ROWS - ROWS // BAD_EVERY
-    assert await _dataset_state(slow, dataset, file_id) == {
-        "records": good,
-        "errors": ROWS // BAD_EVERY,
-        "state": State.SUCCESS,
-        "read": ROWS,
-        "inserted": good,
-        "rejected": ROWS // BAD_EVERY,
-    }
+    assert await _dataset_state(slow, dataset, file_id) == ONE_SYNC
     run = await ledger.get(get_session_factory(slow), task_id)
     assert run is not None and run.state == State.SUCCESS and run.runner == "successor"
 
@@ -228,15 +230,7 @@ async def test_a_batch_in_flight_when_the_run_is_taken_over_is_rolled_back(
         lost, taken = await first, await second
 
     assert (lost.kind, taken.kind) == (Kind.LOST, Kind.SUCCEEDED)
-    good = ROWS - ROWS // BAD_EVERY
-    assert await _dataset_state(slow, dataset, file_id) == {
-        "records": good,
-        "errors": ROWS // BAD_EVERY,
-        "state": State.SUCCESS,
-        "read": ROWS,
-        "inserted": good,
-        "rejected": ROWS // BAD_EVERY,
-    }
+    assert await _dataset_state(slow, dataset, file_id) == ONE_SYNC
 
 
 async def test_the_fence_refuses_a_transaction_of_a_runner_that_lost_its_claim(
