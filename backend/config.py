@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     broker_probe_timeout: float = 0.25
     broker_probe_ttl: float = 2.0
+    broker_publish_timeout: float = 2.0
     local_concurrency: int = 4
     local_queue_size: int = 1000
     idempotency_ttl_seconds: int = 24 * 3600

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.config import Settings
-from backend.runtime.broker import celery_priority
+from backend.runtime.messages import celery_priority
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.runtime import inspect, ledger, metrics, recovery, schedules
 from backend.runtime.broker import Broker
-from backend.runtime.events import Announcer, TaskEvent
+from backend.runtime.events import Announcer, Item, TaskEvent
 from backend.runtime.hub import EventHub
 from backend.runtime.inspect import WorkerView
 from backend.runtime.local import ExecutorFull, LocalExecutor
@@ -209,8 +210,12 @@ class Runtime:
         )
         if not created:
             return Submission(run, created=False)
+        # The event goes out with the message when Celery takes it (one round trip).
+        news = TaskEvent(run.id, name, run.state, Executor.CELERY)
         try:
-            executor = await self._dispatch(run.id, name, spec.queue, args, priority)
+            executor = await self._dispatch(
+                run.id, name, spec.queue, args, priority, events=[("task", news.as_dict())]
+            )
         except ExecutorFull as exc:
             error = {"type": "ExecutorFull", "message": str(exc)}
             await ledger.fail_unclaimed(self.sessions, task_id=run.id, error=error, notify=False)
@@ -219,7 +224,8 @@ class Runtime:
             await ledger.mark_dispatched(self.sessions, task_id=run.id, executor=executor)
             run.executor = executor
         metrics.TASKS_SUBMITTED.labels(name, spec.queue, executor).inc()
-        await self._announce(TaskEvent(run.id, name, run.state, run.executor))
+        if executor != Executor.CELERY:
+            await self._announce(TaskEvent(run.id, name, run.state, executor))
         return Submission(run, created=True)
 
     async def _announce(self, event: TaskEvent, *, notice: dict[str, Any] | None = None) -> None:
@@ -229,10 +235,18 @@ class Runtime:
             log.warning("could not announce %s %s", event.state, event.task_id, exc_info=True)
 
     async def _dispatch(
-        self, task_id: str, name: str, queue: str, args: dict[str, Any], priority: int
+        self,
+        task_id: str,
+        name: str,
+        queue: str,
+        args: dict[str, Any],
+        priority: int,
+        events: Sequence[Item] = (),
     ) -> str:
+        """Celery when Redis takes the message (and ``events``, in the same round trip),
+        else the local executor; the caller announces a local run itself."""
         if self.broker.up and await self.broker.publish(
-            name=name, task_id=task_id, kwargs=args, queue=queue, priority=priority
+            name=name, task_id=task_id, kwargs=args, queue=queue, priority=priority, events=events
         ):
             return Executor.CELERY
         if self.local is None:
