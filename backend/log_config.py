@@ -22,6 +22,12 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(task_suffix)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 # Uvicorn configures its own loggers before it imports the app; hand them to ours.
 FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "flower")
+# Celery's two INFO lines per task ("Task x[id] received", "Task x[id] succeeded in n s:
+# <result repr>"): runtime/execution.py writes one line per outcome with the state the
+# ledger recorded, so these only repeat it, at 5 % of a busy worker's time (py-spy; the
+# result's repr included). Their warnings and errors still come through; DEBUG brings
+# them back.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
 
 class TaskIdFilter(logging.Filter):
@@ -86,3 +92,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         if foreign.handlers:  # switched off (uvicorn --no-access-log) stays off
             foreign.handlers.clear()
             foreign.propagate = True
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )

@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from backend.runtime.hub import READ_BLOCK_MS
 from tests.conftest import OpenEvents, StartWorker
 from tests.helpers import submit, wait_state
 from tests.support import RedisServer, wait_for
@@ -49,6 +50,28 @@ def test_a_client_reconnecting_with_last_event_id_gets_what_it_missed(
         "PENDING", "STARTED", "PROGRESS", "PROGRESS", "SUCCESS"
     ]  # fmt: skip
     assert again.states(early) == []  # nothing from before Last-Event-ID
+
+
+def test_a_client_reconnecting_after_nobody_listened_gets_what_it_missed(
+    client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
+) -> None:
+    """The hub reads the stream only while someone listens; what happened in between is
+    read back from the stream, not lost behind what the hub still remembered."""
+    start_worker()
+    first = open_events()
+    early = submit(client, "system.noop")["task_id"]
+    first.wait_for_state(early, "SUCCESS")
+    resume_from = [e for e in first.events if e["data"].get("task_id") == early][-1]["id"]
+    first.close()
+    time.sleep(READ_BLOCK_MS / 1000 + 1.5)  # the hub's reader stops once nobody listens
+
+    missed = submit(client, "system.sleep", seconds=0.2, steps=2)["task_id"]
+    wait_state(client, missed, "SUCCESS")
+    again = open_events(last_event_id=resume_from)
+
+    assert again.wait_for_state(missed, "SUCCESS") == [
+        "PENDING", "STARTED", "PROGRESS", "PROGRESS", "SUCCESS"
+    ]  # fmt: skip
 
 
 def test_events_can_be_filtered_to_one_task(
