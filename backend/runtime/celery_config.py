@@ -17,6 +17,7 @@ from kombu.entity import Queue as KombuQueue
 from backend.config import Settings
 from backend.constants import ALL_QUEUES, Queue, TaskName
 from backend.runtime.registry import all_specs
+from backend.runtime.transport import TRANSPORT
 from backend.runtime.worker import bind_tasks
 
 
@@ -63,6 +64,7 @@ def create_celery_app(settings: Settings) -> Celery:
         result_expires=settings.result_expires_seconds,
         task_default_priority=4,
         broker_connection_retry_on_startup=True,
+        broker_transport=(TRANSPORT if settings.celery_broker_url.startswith("redis://") else None),
         broker_transport_options={
             # Priorities on Redis: one list per step; 0 is served first (see runtime/broker.py).
             "priority_steps": list(range(10)),
