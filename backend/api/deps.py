@@ -107,8 +107,11 @@ class BoundedBodyRoute(APIRoute):
                 )
                 if scheme.lower() != "bearer" or not token_accepted(settings, supplied):
                     raise _unauthorized()
+            headers = request.headers
+            if "content-length" not in headers and "transfer-encoding" not in headers:
+                return await handler(request)  # no body (HTTP/1.1): nothing to count
             limit, message = _body_limit(request)
-            declared = request.headers.get("content-length", "")
+            declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 raise HTTPException(413, message)
             receive, received = request.receive, 0

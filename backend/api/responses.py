@@ -28,7 +28,9 @@ def status_response(view: StatusView, if_none_match: str | None) -> Response:
     headers = {"ETag": view.etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and view.etag in _etags(if_none_match):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return Response(_status_bytes(view.row), media_type="application/json", headers=headers)
+    if view.rendered is None:
+        view.rendered = _status_bytes(view.row)
+    return Response(view.rendered, media_type="application/json", headers=headers)
 
 
 def submitted(run: Any) -> Response:

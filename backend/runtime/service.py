@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,14 +67,24 @@ class Submission:
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class StatusView:
     """A task's ledger row as the status contract shows it, with an ETag that changes
-    whenever anything shown changes."""
+    whenever anything shown changes. ``rendered``: the answer's bytes, kept here by whoever
+    renders it, so a cached final view is rendered once."""
 
     row: Any
     etag: str
     final: bool
+    rendered: bytes | None = None
+
+
+# A final status never changes (final states are never left), so the status of a finished
+# task is served from memory for a while: the poll of a finished task is the hottest read
+# there is. The row can still vanish (the ledger's purge, days later): a 404 comes at most
+# FINAL_VIEW_SECONDS late.
+FINAL_VIEW_SECONDS = 10.0
+FINAL_VIEWS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Runtime:
         if self.local is not None:
             self.local.announcer = self.announcer
         self._background: set[asyncio.Task[Any]] = set()
+        self._final_views: dict[str, tuple[float, StatusView]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -282,11 +294,21 @@ class Runtime:
         return view
 
     async def _view(self, task_id: str) -> StatusView:
+        now = time.monotonic()
+        kept = self._final_views.get(task_id)
+        if kept is not None and kept[0] > now:
+            return kept[1]
         row = await ledger.status_row(self.sessions, task_id)
         if row is None:
             raise TaskNotFound(task_id)
         fingerprint = hashlib.blake2b(repr(tuple(row)).encode(), digest_size=8).hexdigest()
-        return StatusView(row, f'"{fingerprint}"', row.state in FINAL_STATES)
+        view = StatusView(row, f'"{fingerprint}"', row.state in FINAL_STATES)
+        if view.final:
+            self._final_views.pop(task_id, None)
+            self._final_views[task_id] = (now + FINAL_VIEW_SECONDS, view)
+            if len(self._final_views) > FINAL_VIEWS_KEPT:  # the oldest entry goes first
+                del self._final_views[next(iter(self._final_views))]
+        return view
 
     async def wait(self, task_id: str, timeout: float) -> TaskRun:
         """The task as soon as it is final, or as it stands when ``timeout`` runs out."""
