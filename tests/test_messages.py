@@ -13,7 +13,7 @@ import redis
 from backend.config import Settings
 from backend.runtime.broker import Broker
 from backend.runtime.celery_config import create_celery_app
-from backend.runtime.messages import celery_priority
+from backend.runtime.messages import REPR_MAX, _short_repr, celery_priority
 from tests.support import RedisServer
 
 # A database of the tests' Redis that no worker consumes from.
@@ -92,6 +92,9 @@ async def test_a_pushed_message_is_the_one_kombu_would_have_sent(
 
     pushed = _pushed(client)
     ours, theirs = _comparable(pushed["by-syncq"]), _comparable(pushed["by-kombu"])
+    # Flower's view of the arguments: ours is plain repr, Celery's escapes non-ASCII.
+    assert ours["headers"].pop("kwargsrepr") == repr(kwargs)
+    assert theirs["headers"].pop("kwargsrepr")
     for message in (ours, theirs):  # the ids are the one intended difference
         message["headers"]["id"] = message["headers"]["root_id"] = "ID"
         message["properties"]["correlation_id"] = "ID"
@@ -149,3 +152,9 @@ async def test_the_first_publish_after_redis_restarted_goes_through(
     finally:
         await broker.close()
         redis.Redis.from_url(settings.redis_url).flushdb()
+
+
+def test_flower_sees_at_most_celerys_length_of_the_arguments() -> None:
+    shown = _short_repr({"content": "x" * 5000})
+    assert len(shown) == REPR_MAX and shown.startswith("{'content': 'xxx") and shown[-3:] == "..."
+    assert _short_repr({"n": 1}) == "{'n': 1}"
