@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = 5000
 
+    # Exports and reports. A finished export's file and row are kept this long, then the
+    # scheduled cleanup (purge-exports) removes both; records are read and written in
+    # batches of EXPORT_BATCH_SIZE (a cancel is seen between two); a report answers at most
+    # REPORT_MAX_GROUPS groups (more fails the report readably; the result must also fit
+    # MAX_RESULT_BYTES).
+    export_retention_hours: float = Field(default=24.0, gt=0)
+    export_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    report_max_groups: int = Field(default=10_000, ge=1)
+
     # XLSX: a workbook is a zip of XML, so a small upload can unpack to far more than it
     # weighs, and openpyxl believes whatever sizes it declares. The archive is measured
     # before it is opened (total unpacked size; ratio of each member over 1 MiB), and the

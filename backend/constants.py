@@ -39,6 +39,11 @@ class TaskName(StrEnum):
     DATASET_SUMMARY = "data_sync.dataset_summary"
     LIST_RECORDS = "data_sync.list_records"
     LIST_NOTIFICATIONS = "notifications.list"
+    EXPORT_DATASET = "exports.export_dataset"
+    GET_EXPORT = "exports.get_export"
+    PURGE_EXPORTS = "cleanup.purge_exports"
+    RUN_REPORT = "reports.run_report"
+    SCHEDULED_REPORT = "reports.scheduled_report"
 
 
 class State(StrEnum):
@@ -62,6 +67,15 @@ WAITING_STATES: frozenset[str] = frozenset({State.PENDING, State.RETRY})
 # validates requests with them and the inbox scan validates folder names.
 DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 COLUMN_PATTERN = r"^[^\x00-\x1f,]{1,200}$"
+# A column a database query names (an export's filter, a report's group-by and aggregates):
+# also no double quote, which SQLite's JSON paths cannot escape.
+QUERY_COLUMN_PATTERN = r'^[^\x00-\x1f,"]{1,200}$'
+
+# Exports and reports (backend/tasks/exports.py, backend/tasks/reports.py).
+EXPORT_FORMATS = ("csv", "xlsx", "jsonl")
+EXPORT_ENCODINGS = ("utf-8", "utf-8-sig", "gb18030")
+# Excel's last row (1,048,576) less the header: a larger XLSX export fails before it starts.
+XLSX_MAX_DATA_ROWS = 1_048_575
 
 
 class Executor(StrEnum):

@@ -133,6 +133,7 @@ UPLOAD = {"file": ("a.csv", b"a\n1\n")}
 TASKS, SYNC, FILES = "/api/tasks", "/api/data-sync/sync-single-file", "/api/data-sync/files"
 MESSAGES = "/api/conversations/{}/messages"
 NOOP = b'{"name": "system.noop", '
+EXPORTS, REPORTS = "/api/data-sync/datasets/x/exports", "/api/data-sync/datasets/x/reports"
 
 
 def hostile(
@@ -182,6 +183,13 @@ HOSTILE = [
     hostile("POST", "/run", 422, "user_input", content=b'{"user_input": "\\ud800"}'),
     hostile("POST", TASKS, 422, "args", content=NOOP + b'"args": {"x": "\\udc00"}}'),
     hostile("POST", "/api/schedules/%00/run", 404),
+    hostile("POST", EXPORTS, 422, "filter", json={"filter": {"a": NUL}}),
+    hostile("POST", EXPORTS, 422, "columns", json={"columns": [NUL]}),
+    hostile("POST", REPORTS, 422, "group_by",
+            content=b'{"group_by": ["a\\ud800"], "aggregates": [{"op": "count"}]}'),
+    hostile("GET", "/api/exports/%00", 422, "export_id"),
+    hostile("GET", "/api/exports/%00/download", 422, "export_id"),
+    hostile("GET", "/api/reports/x", 422, "format", params={"format": "pdf"}),
     hostile("POST", TASKS, 400, content=b"\xff\xfe{"),
     hostile("POST", TASKS, 400, content=b"[" * 100_000 + b"]" * 100_000),
     hostile("POST", TASKS, 413, content=b" " * (2 << 20)),

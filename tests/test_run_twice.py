@@ -175,6 +175,40 @@ async def _records(settings: Settings) -> dict[str, Any]:
     return {"dataset": dataset, "limit": 10, "offset": 0}
 
 
+@case(TaskName.EXPORT_DATASET)
+async def _export(settings: Settings) -> dict[str, Any]:
+    dataset, _ = await _synced_dataset(settings)
+    return {"dataset": dataset, "format": "xlsx", "encoding": "utf-8", "columns": None}
+
+
+@case(TaskName.GET_EXPORT)
+async def _get_export(settings: Settings) -> dict[str, Any]:
+    dataset, _ = await _synced_dataset(settings)
+    run = await run_body(TaskName.EXPORT_DATASET, {"dataset": dataset}, settings=settings)
+    return {"export_id": run.result["export_id"]}
+
+
+@case(TaskName.PURGE_EXPORTS)
+async def _purge_exports(settings: Settings) -> dict[str, Any]:
+    """An expired export for the first run to remove (file and row)."""
+    dataset, _ = await _synced_dataset(settings)
+    expiring = settings.model_copy(update={"export_retention_hours": 1e-9})
+    await run_body(TaskName.EXPORT_DATASET, {"dataset": dataset}, settings=expiring)
+    return {}
+
+
+@case(TaskName.RUN_REPORT)
+async def _report(settings: Settings) -> dict[str, Any]:
+    dataset, _ = await _synced_dataset(settings)
+    aggregates = [{"op": "count", "column": None}, {"op": "sum", "column": "qty"}]
+    return {"dataset": dataset, "group_by": ["name"], "aggregates": aggregates}
+
+
+@case(TaskName.SCHEDULED_REPORT)
+async def _scheduled_report(settings: Settings) -> dict[str, Any]:
+    return await _report(settings) | {"schedule": "report-twice"}
+
+
 @case(TaskName.LIST_NOTIFICATIONS)
 async def _notifications(settings: Settings) -> dict[str, Any]:
     return {"limit": 10}
@@ -224,6 +258,7 @@ REPORTS_ITS_OWN_RUN = {
     TaskName.SCAN_INBOX,
     TaskName.PURGE_CONVERSATIONS,
     TaskName.PURGE_TASK_RUNS,
+    TaskName.PURGE_EXPORTS,
     TaskName.RECOVER,
     TaskName.HEALTH_CHECK,
 }

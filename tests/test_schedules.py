@@ -65,7 +65,7 @@ def test_the_schedule_listing_shows_last_and_next_runs_that_move(
         listed = {s["name"]: s for s in client.get("/api/schedules").json()}
         assert set(listed) == {
             "recovery-sweep", "purge-conversations", "purge-task-runs", "sweep-uploads",
-            "inbox-scan",
+            "purge-exports", "inbox-scan",
         }  # fmt: skip
         found: dict[str, Any] = listed["recovery-sweep"]
         return found

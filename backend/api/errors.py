@@ -43,6 +43,7 @@ _DESCRIPTIONS = {
     401: "missing or invalid bearer token",
     404: "not found",
     409: "the task already finished",
+    410: "gone: it expired",
     413: "the upload is larger than MAX_UPLOAD_BYTES",
     422: "the request is invalid",
     429: "the broker is down and the local executor is full; retry after Retry-After",

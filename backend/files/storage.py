@@ -8,6 +8,7 @@ reaches the file system.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -47,6 +48,12 @@ def uploads_dir(data_dir: Path) -> Path:
 
 def inbox_dir(data_dir: Path) -> Path:
     return data_dir.resolve() / "inbox"
+
+
+def exports_dir(data_dir: Path) -> Path:
+    """Where exports are written: ``<export id><extension>`` once finished, and
+    ``.partial-<export id>-<run>`` while a run writes one."""
+    return data_dir.resolve() / "exports"
 
 
 def display_name(name: str | None) -> str:
@@ -159,3 +166,26 @@ def sweep(data_dir: Path, *, referenced: set[str], older_than: float) -> Swept:
         except FileNotFoundError:
             continue  # removed meanwhile (a sweep running twice): nothing to do
     return Swept(partials, unreferenced)
+
+
+def stale_exports(data_dir: Path, *, older_than: float) -> list[Path]:
+    """Files in the exports folder untouched for ``older_than`` seconds. A live run
+    writes to its ``.partial-`` file at every batch, so an old one was left by a run that
+    was killed or lost its lease; an old finished file belongs to no one once its export's
+    row is gone (``export_id_of`` names the row to look for)."""
+    directory = exports_dir(data_dir)
+    if not directory.is_dir():
+        return []
+    cutoff = time.time() - older_than
+    stale = []
+    for path in directory.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            # The last write (a rename, unlike a hard link, says nothing about age here).
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                stale.append(path)
+    return stale
+
+
+def export_id_of(path: Path) -> str | None:
+    """The export a finished file belongs to (None for a ``.partial-`` file)."""
+    return None if path.name.startswith(".") else path.name.split(".", 1)[0]

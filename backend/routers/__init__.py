@@ -6,6 +6,7 @@ from backend.routers import (
     conversations,
     data_sync,
     events,
+    exports,
     health,
     metrics,
     notifications,
@@ -21,6 +22,7 @@ api_router.include_router(tasks.legacy_router)
 api_router.include_router(conversations.router)
 api_router.include_router(conversations.legacy_router)
 api_router.include_router(data_sync.router)
+api_router.include_router(exports.router)
 api_router.include_router(schedules.router)
 api_router.include_router(events.router)
 api_router.include_router(notifications.router)

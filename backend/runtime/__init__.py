@@ -8,6 +8,8 @@ from backend.runtime.inspect import WorkerView
 from backend.runtime.local import ExecutorFull
 from backend.runtime.metrics import METRICS_CONTENT_TYPE
 from backend.runtime.registry import UnknownTask, get_spec
+from backend.runtime.report_schedules import delete as delete_report_schedule
+from backend.runtime.report_schedules import save as save_report_schedule
 from backend.runtime.schedules import ScheduleEntry, UnknownSchedule
 from backend.runtime.service import (
     Health,
@@ -39,5 +41,7 @@ __all__ = [
     "UnknownSchedule",
     "UnknownTask",
     "WorkerView",
+    "delete_report_schedule",
     "get_spec",
+    "save_report_schedule",
 ]

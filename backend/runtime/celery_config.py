@@ -28,6 +28,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "purge-conversations": (TaskName.PURGE_CONVERSATIONS, settings.schedule_cleanup_seconds),
         "purge-task-runs": (TaskName.PURGE_TASK_RUNS, settings.schedule_cleanup_seconds),
         "sweep-uploads": (TaskName.SWEEP_UPLOADS, settings.schedule_cleanup_seconds),
+        "purge-exports": (TaskName.PURGE_EXPORTS, settings.schedule_cleanup_seconds),
         "inbox-scan": (TaskName.SCAN_INBOX, settings.schedule_inbox_seconds),
     }
     return {

@@ -179,6 +179,7 @@ class Runtime:
                     TaskName.PURGE_CONVERSATIONS,
                     TaskName.PURGE_TASK_RUNS,
                     TaskName.SWEEP_UPLOADS,
+                    TaskName.PURGE_EXPORTS,
                 ):
                     try:
                         await self.submit(name)

@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.constants import Queue, TaskName
 from backend.db.models.base import utcnow
-from backend.db.queries import conversations, notifications, retention
+from backend.db.queries import conversations, exports, notifications, retention
 from backend.db.queries import data_sync as files
 from backend.files import storage
 from backend.runtime import recovery
@@ -131,3 +132,47 @@ async def sweep_uploads(ctx: TaskContext) -> dict[str, Any]:
         older_than=ctx.settings.upload_sweep_age_seconds,
     )
     return {"deleted_partials": swept.partials, "deleted_unreferenced": swept.unreferenced}
+
+
+@task(TaskName.PURGE_EXPORTS, queue=Queue.SCHEDULED, scheduled=True, submittable=True)
+async def purge_exports(ctx: TaskContext) -> dict[str, Any]:
+    """Exports past their expiry (EXPORT_RETENTION_HOURS after they finished, or after they
+    started for one whose run died): the file first, then the row, a batch at a time, so a
+    purge that stops half-way leaves at worst a row whose file is gone, which the next
+    purge removes. Then files in the exports folder that no export owns (a killed run's
+    ``.partial-`` file, a finished file whose row is gone), once untouched for longer than
+    a run can take."""
+    deleted = files_removed = 0
+    while True:
+        await ctx.checkpoint()
+        async with ctx.session() as session:
+            batch = await exports.expired(session, now=utcnow())
+        if not batch:
+            break
+        for _, path in batch:
+            if path:
+                removed = await asyncio.to_thread(_unlink, Path(path))
+                files_removed += removed
+        async with ctx.session() as session, session.begin():
+            deleted += await exports.delete_exports(
+                session, ids=[export_id for export_id, _ in batch]
+            )
+    older_than = max(float(ctx.settings.task_time_limit), 3600.0)
+    stale = await asyncio.to_thread(
+        storage.stale_exports, ctx.settings.data_dir, older_than=older_than
+    )
+    owners = {p: storage.export_id_of(p) for p in stale}
+    async with ctx.session() as session:
+        known = await exports.known_ids(session, ids=[i for i in owners.values() if i])
+    for path, owner in owners.items():
+        if owner is None or owner not in known:
+            files_removed += await asyncio.to_thread(_unlink, path)
+    return {"deleted_exports": deleted, "deleted_files": files_removed}
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0  # removed meanwhile (a purge running twice): nothing to do
+    return 1

@@ -302,6 +302,10 @@ async def _sync(
             f"the header row has no key column {', '.join(map(repr, missing))} "
             f"(columns: {', '.join(info.columns[:20])}); is the first row a header?"
         )
+    if info.columns:
+        async with ctx.session() as session, session.begin():
+            await q.note_columns(session, name=f.dataset, columns=info.columns)
+            await ctx.hold(session)
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
     done = checkpoint.rows_done if checkpoint is not None else 0
     rows = readers.iter_rows(path, info)

@@ -19,6 +19,9 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     key_columns: Mapped[list[str]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The header columns of the files synced into it, in their order (first seen first):
+    # the order an export writes them in (PostgreSQL's JSONB keeps no key order).
+    columns: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
 
 
 class SyncFile(Base):

@@ -84,6 +84,19 @@ async def ensure_dataset(session: AsyncSession, *, name: str, key_columns: list[
     return dataset
 
 
+async def note_columns(session: AsyncSession, *, name: str, columns: list[str]) -> None:
+    """Add a synced file's header columns the dataset has not seen yet, after the others."""
+    dataset = await session.get(Dataset, name, populate_existing=True)
+    if dataset is None:
+        return
+    known = list(dataset.columns or [])
+    new = [c for c in columns if c not in set(known)]
+    if new:
+        await session.execute(
+            update(Dataset).where(Dataset.name == name).values(columns=known + new)
+        )
+
+
 async def file_by_checksum(
     session: AsyncSession, *, dataset: str, checksum: str
 ) -> SyncFile | None:
