@@ -68,8 +68,9 @@ WAITING_STATES: frozenset[str] = frozenset({State.PENDING, State.RETRY})
 DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 COLUMN_PATTERN = r"^[^\x00-\x1f,]{1,200}$"
 # A column a database query names (an export's filter, a report's group-by and aggregates):
-# also no double quote, which SQLite's JSON paths cannot escape.
-QUERY_COLUMN_PATTERN = r'^[^\x00-\x1f,"]{1,200}$'
+# also no double quote or backslash, which SQLite's JSON paths cannot escape (a backslash
+# would match nothing on SQLite and the right key on PostgreSQL).
+QUERY_COLUMN_PATTERN = r'^[^\x00-\x1f,"\\]{1,200}$'
 
 # Exports and reports (backend/tasks/exports.py, backend/tasks/reports.py).
 EXPORT_FORMATS = ("csv", "xlsx", "jsonl")

@@ -27,7 +27,7 @@ from backend.tasks.reports import ReportFailed
 from tests.test_run_twice import _store
 
 # A JSON number, alone or with blanks around it: what a report counts as a number.
-NUMBER_GRAMMAR = r"[ \t\n\r]*-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][+-]?[0-9]+)?[ \t\n\r]*"
+NUMBER_GRAMMAR = r"[ \t\n\r]*-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][+-]?[0-9]{1,3})?[ \t\n\r]*"
 
 
 async def _dataset(settings: Settings, content: bytes, keys: list[str], suffix: str) -> str:
@@ -194,7 +194,9 @@ async def test_a_report_equals_the_same_aggregation_in_python(body_settings: Set
             "id": str(i),
             "region": regions[i % 4],
             "kind": ["a", "b", "c"][i % 3],
-            "qty": [str(i % 17), f" {i % 5} ", "n/a", "", f"{i}.25", "-3", "1e2", "03"][i % 8],
+            "qty": [str(i % 17), f" {i % 5} ", "n/a", "", f"{i}.25", "-3", "1e2", "03", "1e999999"][
+                i % 9
+            ],
             "price": (i * 7) % 100 / 4 if i % 9 else "free",
         }
         if i % 11 == 0:
@@ -243,6 +245,22 @@ async def test_a_report_of_too_many_groups_or_no_dataset_fails_readably(
             TaskName.RUN_REPORT,
             {"dataset": "nope", "group_by": [], "aggregates": [{"op": "count"}]},
             settings=body_settings,
+        )
+
+
+async def test_a_report_fails_as_soon_as_its_groups_pass_the_result_limit(
+    body_settings: Settings,
+) -> None:
+    """A group value can be a whole long field: the groups are measured as they are read,
+    not after the worker has loaded every one of them."""
+    rows = "".join(f"k{i},{'x' * 3000}{i}\n" for i in range(50))
+    dataset = await _dataset(body_settings, f"sku,note\n{rows}".encode(), ["sku"], ".csv")
+    small = body_settings.model_copy(update={"max_result_bytes": 10_000})
+    with pytest.raises(ReportFailed, match=r"passes 10,000 bytes .* by its group 4:"):
+        await run_body(
+            TaskName.RUN_REPORT,
+            {"dataset": dataset, "group_by": ["note"], "aggregates": [{"op": "count"}]},
+            settings=small,
         )
 
 

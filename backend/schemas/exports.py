@@ -26,7 +26,10 @@ Column = Annotated[
 # A column a query names (filter, group-by, aggregate): no double quote either.
 QueryColumn = Annotated[
     str,
-    Field(pattern=QUERY_COLUMN_PATTERN, description="a column name (no comma, no double quote)"),
+    Field(
+        pattern=QUERY_COLUMN_PATTERN,
+        description="a column name (no comma, double quote or backslash)",
+    ),
     AfterValidator(storable),
 ]
 FilterValue = Annotated[

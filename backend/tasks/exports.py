@@ -158,7 +158,7 @@ async def _export(
         final = directory / f"{ctx.task_id}{extension}"
         finished = utcnow()
         async with ctx.session() as session, session.begin():
-            await q.finish_export(
+            recorded = await q.finish_export(
                 session,
                 export_id=ctx.task_id,
                 state=State.SUCCESS,
@@ -169,6 +169,10 @@ async def _export(
                 finished_at=finished,
                 expires_at=finished + _retention(ctx),
             )
+            if not recorded:  # the purge took the row: the export outlived its retention
+                raise ExportFailed(
+                    "the export ran longer than EXPORT_RETENTION_HOURS and was purged meanwhile"
+                )
             await ctx.hold(session)
             # In place only once the fence passed; if the commit then fails, the run ends
             # in error and a later run writes the file again.

@@ -58,9 +58,17 @@ async def _report(
         if await datasets.get_dataset(session, name=dataset) is None:
             raise ReportFailed(f"no dataset named {dataset!r}")
         await ctx.checkpoint()
-        rows = await q.aggregate(
-            session, dataset=dataset, group_by=group_by, aggregates=wanted, limit=limit + 1
-        )
+        try:
+            rows = await q.aggregate(
+                session,
+                dataset=dataset,
+                group_by=group_by,
+                aggregates=wanted,
+                limit=limit + 1,
+                max_bytes=ctx.settings.max_result_bytes,
+            )
+        except q.ReportTooLarge as exc:
+            raise ReportFailed(str(exc)) from None
     if len(rows) > limit:
         raise ReportFailed(
             f"more than {limit:,} groups (REPORT_MAX_GROUPS): group by fewer or coarser columns"

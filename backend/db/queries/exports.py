@@ -46,8 +46,10 @@ async def start_export(session: AsyncSession, **values: Any) -> None:
     )
 
 
-async def finish_export(session: AsyncSession, *, export_id: str, **values: Any) -> None:
-    await session.execute(update(Export).where(Export.id == export_id).values(**values))
+async def finish_export(session: AsyncSession, *, export_id: str, **values: Any) -> bool:
+    """False when the row is gone (purged while the export ran)."""
+    done = await session.execute(update(Export).where(Export.id == export_id).values(**values))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 async def end_export(session: AsyncSession, *, export_id: str, state: str) -> None:

@@ -9,7 +9,8 @@ aggregates read one key of it:
   CASE makes both say "true".)
 - ``as_number``: the value as a number, or NULL when it is not one. A JSON number counts,
   and so does a string that is a JSON number with blanks around it (``"3"``, ``" -2.5 "``,
-  ``"1e3"``), since CSV and most workbooks give every value as text; anything else (``"abc"``,
+  ``"1e3"``; an exponent of at most three digits), since CSV and most workbooks give every
+  value as text; anything else (``"abc"``,
   ``"3 kg"``, ``"+3"``, ``"03"``, ``""``, booleans) is NULL, so SUM, MIN, MAX and AVG skip it
   as SQL skips NULL. The grammar is JSON's on both databases: SQLite asks ``json_valid``,
   PostgreSQL matches the same grammar with a regular expression. SQLite computes with
@@ -29,8 +30,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from backend.db.models import Record
 
-# JSON's number grammar, with the blanks JSON allows around a value.
-JSON_NUMBER_RE = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][+-]?[0-9]+)?[ \t\n\r]*$"
+# JSON's number grammar, with the blanks JSON allows around a value, and an exponent of at
+# most three digits: PostgreSQL's NUMERIC refuses "1e999999" with an error that would fail
+# the whole report, so such a string is no number on either database.
+LONG_EXPONENT = "*[eE]*[0-9][0-9][0-9][0-9]*"  # SQLite GLOB: an exponent of 4+ digits
+JSON_NUMBER_RE = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][+-]?[0-9]{1,3})?[ \t\n\r]*$"
 
 
 class JsonValues:
@@ -67,7 +71,7 @@ class JsonValues:
         # (it would raise "malformed JSON").
         text_number = case(
             (
-                func.json_valid(value) == 1,
+                and_(func.json_valid(value) == 1, value.op("NOT GLOB")(LONG_EXPONENT)),
                 case((func.json_type(value).in_(["integer", "real"]), cast(value, Float))),
             )
         )

@@ -4,6 +4,7 @@ says how a value is read as text and as a number)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -15,6 +16,15 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from backend.db.models import Record
 from backend.db.queries.json_values import JsonValues
+
+
+class ReportTooLarge(Exception):
+    def __init__(self, groups: int, limit: int) -> None:
+        super().__init__(
+            f"the report passes {limit:,} bytes as JSON (MAX_RESULT_BYTES) by its group "
+            f"{groups:,}: group by fewer or shorter columns"
+        )
+
 
 AGGREGATES: dict[str, Callable[[Any], ColumnElement[Any]]] = {
     "sum": func.sum,
@@ -31,9 +41,14 @@ async def aggregate(
     group_by: Sequence[str],
     aggregates: Sequence[tuple[str, str | None]],
     limit: int,
+    max_bytes: int,
 ) -> list[list[Any]]:
     """One row per group (at most ``limit``): the group's values as text, then each
-    aggregate ((op, column); count with no column counts records)."""
+    aggregate ((op, column); count with no column counts records).
+
+    Groups are read as a stream and measured as they come: a group value can be a whole
+    field (MAX_FIELD_BYTES), so ``limit`` groups alone could hold gigabytes before the
+    result's size check. Past ``max_bytes`` of JSON it raises ReportTooLarge at once."""
     values = JsonValues(session.get_bind().dialect.name)
     inner = [values.as_text(c).label(f"g{i}") for i, c in enumerate(group_by)]
     for i, (op, column) in enumerate(aggregates):
@@ -55,7 +70,15 @@ async def aggregate(
     query = select(*groups, *outputs).select_from(records)
     if groups:
         query = query.group_by(*groups)
-    rows = (await session.execute(query.limit(limit))).all()
+    rows: list[Any] = []
+    size = 0
+    stream = await session.stream(query.limit(limit), execution_options={"yield_per": 500})
+    async for row in stream:
+        size += len(json.dumps([str(v) for v in row])) + 1  # as the ledger will store it
+        if size > max_bytes:
+            await stream.close()
+            raise ReportTooLarge(len(rows) + 1, max_bytes)
+        rows.append(row)
     width = len(groups)
     return [
         [*row[:width], *(_number(v) for v in row[width:])]
