@@ -55,15 +55,15 @@ def test_a_client_reconnecting_with_last_event_id_gets_what_it_missed(
 def test_a_client_reconnecting_after_nobody_listened_gets_what_it_missed(
     client: httpx.Client, start_worker: StartWorker, open_events: OpenEvents
 ) -> None:
-    """The hub reads the stream only while someone listens; what happened in between is
-    read back from the stream, not lost behind what the hub still remembered."""
+    """Every listener left, events went on, a client comes back with its Last-Event-ID:
+    what happened in between is replayed, whatever the hub did while nobody listened."""
     start_worker()
     first = open_events()
     early = submit(client, "system.noop")["task_id"]
     first.wait_for_state(early, "SUCCESS")
     resume_from = [e for e in first.events if e["data"].get("task_id") == early][-1]["id"]
     first.close()
-    time.sleep(READ_BLOCK_MS / 1000 + 1.5)  # the hub's reader stops once nobody listens
+    time.sleep(READ_BLOCK_MS / 1000 + 1.5)  # past a whole read of the hub
 
     missed = submit(client, "system.sleep", seconds=0.2, steps=2)["task_id"]
     wait_state(client, missed, "SUCCESS")

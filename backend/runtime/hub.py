@@ -1,12 +1,11 @@
 """The API process's end of the events stream: one reader, many listeners, a short memory.
 
 One background reader follows ``syncq:events`` (XREAD BLOCK) and hands every entry to each
-SSE client's queue, so a thousand listeners cost one Redis connection, not a thousand. It
-reads only while someone listens: reading back every event of a busy system for nobody
-cost the API 5 % of its time under load (py-spy). The entries read since it started are
-kept in memory for replay after a reconnect; older ones are read back from the stream.
-With Redis down, the local executor's events come straight here (``deliver``) with ids in
-the stream's own ``<ms>-<seq>`` form, so Last-Event-ID keeps working across the switch.
+SSE client's queue, so a thousand listeners cost one Redis connection, not a thousand. The
+last entries are kept in memory for replay after a reconnect; older ones are read back from
+the stream. With Redis down, the local executor's events come straight here
+(``deliver``) with ids in the stream's own ``<ms>-<seq>`` form, so Last-Event-ID keeps
+working across the switch.
 """
 
 from __future__ import annotations
@@ -81,7 +80,6 @@ class EventHub:
         self._memory: deque[Event] = deque(maxlen=REPLAY_MEMORY)
         self._listeners: set[Listener] = set()
         self._last: tuple[int, int] = (0, 0)
-        self._reader: asyncio.Task[None] | None = None
 
     # -- Fallback (runtime/events.py): Redis is down ----------------------------------
 
@@ -94,17 +92,9 @@ class EventHub:
 
     @contextlib.asynccontextmanager
     async def listen(self) -> AsyncIterator[asyncio.Queue[Event | None]]:
-        """A queue of every event from now on. The reader has its place in the stream
-        before this yields, so a replay that follows misses nothing (the caller drops what
-        both bring)."""
         listener = Listener()
         self._listeners.add(listener)
         try:
-            if self._reader is None or self._reader.done():
-                started = asyncio.get_running_loop().create_future()
-                self._reader = asyncio.ensure_future(self.follow(started))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(started), READ_BLOCK_MS / 1000)
             yield listener.queue
         finally:
             self._listeners.discard(listener)
@@ -141,52 +131,33 @@ class EventHub:
 
     # -- the one reader ---------------------------------------------------------------
 
-    async def follow(self, started: asyncio.Future[None] | None = None) -> None:
-        """Read the stream while anyone listens; wait out Redis outages. Memory is
-        cleared when reading stops: it must hold every event since its first, or a replay
-        would skip what came while nobody read."""
+    async def follow(self) -> None:
+        """Read the stream for as long as the API runs; wait out Redis outages."""
         position: Any = None
         response: Any
-        try:
-            while self._listeners:
-                if not self.broker.up:
-                    _settle(started)
-                    await asyncio.sleep(0.5)
-                    continue
-                try:
-                    if position is None:
-                        newest: Any = await self._redis.xrevrange(EVENTS_STREAM, count=1)
-                        position = newest[0][0] if newest else "0-0"
-                        _settle(started)
-                    response = await self._redis.xread(
-                        {EVENTS_STREAM: position}, block=READ_BLOCK_MS, count=500
-                    )
-                except (RedisError, OSError):
-                    _settle(started)
-                    await asyncio.sleep(0.5)
-                    continue
-                for _stream, entries in response:
-                    for entry_id, fields in entries:
-                        position = entry_id
-                        self._fan_out(_event(entry_id, fields))
-        finally:
-            _settle(started)
-            if not self._listeners:
-                self._memory.clear()
+        while True:
+            if not self.broker.up:
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                if position is None:
+                    newest: Any = await self._redis.xrevrange(EVENTS_STREAM, count=1)
+                    position = newest[0][0] if newest else "0-0"
+                response = await self._redis.xread(
+                    {EVENTS_STREAM: position}, block=READ_BLOCK_MS, count=500
+                )
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)
+                continue
+            for _stream, entries in response:
+                for entry_id, fields in entries:
+                    position = entry_id
+                    self._fan_out(_event(entry_id, fields))
 
     async def close(self) -> None:
         for listener in list(self._listeners):
             listener.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
         await self._redis.aclose()
-
-
-def _settle(started: asyncio.Future[None] | None) -> None:
-    if started is not None and not started.done():
-        started.set_result(None)
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> Event:

@@ -130,6 +130,8 @@ class Runtime:
         if self.local is not None:
             self.local.start()
         self._spawn(self._watch_broker())
+        if self.hub is not None:
+            self._spawn(self.hub.follow())
         if sweep:
             self._spawn(self._sweep_forever())
 
