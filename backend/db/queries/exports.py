@@ -136,4 +136,10 @@ async def delete_exports(session: AsyncSession, *, ids: list[str]) -> int:
 
 
 async def known_ids(session: AsyncSession, *, ids: list[str]) -> set[str]:
-    return set(await session.scalars(select(Export.id).where(Export.id.in_(ids))))
+    """Which of ``ids`` have a row; asked PURGE_BATCH at a time, since a day's exports can
+    pass the databases' limit on bound parameters."""
+    known: set[str] = set()
+    for start in range(0, len(ids), PURGE_BATCH):
+        chunk = ids[start : start + PURGE_BATCH]
+        known.update(await session.scalars(select(Export.id).where(Export.id.in_(chunk))))
+    return known
