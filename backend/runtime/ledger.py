@@ -111,23 +111,21 @@ class Inserter:
         # Looking again every millisecond on the loop gets it sooner than SQLite's own busy
         # wait, which sleeps 1, 2, 5, 10 ms ... between tries (it cost a submission at one
         # connection 4 ms, with a worker writing beside it).
-        for _ in range(LOCK_POLLS):
-            if await self._write_if_lock_free(rows):
-                return
-            if get_nowait_engine(_url(self.sessions)) is None:
-                break
-            await asyncio.sleep(LOCK_POLL_SECONDS)
+        nowait = get_nowait_engine(_url(self.sessions))  # None: not SQLite
+        if nowait is not None:
+            for _ in range(LOCK_POLLS):
+                if await self._write_if_lock_free(nowait, rows):
+                    return
+                await asyncio.sleep(LOCK_POLL_SECONDS)
         async with engine_of(self.sessions).begin() as conn:
             await conn.execute(_INSERT_RUN, rows)
 
-    async def _write_if_lock_free(self, rows: list[dict[str, Any]]) -> bool:
+    @staticmethod
+    async def _write_if_lock_free(nowait: AsyncEngine, rows: list[dict[str, Any]]) -> bool:
         """SQLite: take the write lock without waiting and insert on the loop (no thread
         hop); False when another process holds the lock, and the caller waits for it on
         aiosqlite's thread. Nothing here suspends, so the transaction cannot be cut off
         half-way by a cancel."""
-        nowait = get_nowait_engine(_url(self.sessions))
-        if nowait is None:
-            return False
         async with nowait.connect() as conn:
             try:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")

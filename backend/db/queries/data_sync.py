@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.constants import FINAL_STATES, State
 from backend.db.models import Dataset, Record, SyncCheckpoint, SyncError, SyncFile, TaskRun
 from backend.db.models.base import utcnow
+from backend.db.queries.upsert import insert_for
 
 IN_CHUNK = 900  # keys per IN (...) list, well under SQLite's variable limit
 
@@ -61,10 +60,6 @@ def record_key(values: list[Any]) -> str:
     return json.dumps([str(v).strip() for v in values], ensure_ascii=False)
 
 
-def _insert(session: AsyncSession) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 # -- datasets and files -------------------------------------------------------------------
 
 
@@ -75,7 +70,7 @@ async def get_dataset(session: AsyncSession, *, name: str) -> Dataset | None:
 async def ensure_dataset(session: AsyncSession, *, name: str, key_columns: list[str]) -> Dataset:
     """Create the dataset on first use; racing creators both end with the same row."""
     await session.execute(
-        _insert(session)(Dataset)
+        insert_for(session)(Dataset)
         .values(name=name, key_columns=key_columns, created_at=utcnow())
         .on_conflict_do_nothing()
     )
@@ -362,7 +357,7 @@ async def get_checkpoint(session: AsyncSession, *, task_id: str) -> SyncCheckpoi
 async def save_checkpoint(
     session: AsyncSession, *, task_id: str, file_id: int, rows_done: int, counts: Counts
 ) -> None:
-    statement = _insert(session)(SyncCheckpoint).values(
+    statement = insert_for(session)(SyncCheckpoint).values(
         task_id=task_id,
         file_id=file_id,
         rows_done=rows_done,

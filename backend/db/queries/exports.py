@@ -9,19 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.constants import State
 from backend.db.models import Export, Record, TaskRun
 from backend.db.queries.json_values import JsonValues
+from backend.db.queries.upsert import insert_for
 
 PURGE_BATCH = 500
-
-
-def _insert(session: AsyncSession) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 async def get_export(session: AsyncSession, *, export_id: str) -> Export | None:
@@ -36,7 +31,7 @@ async def get_run(session: AsyncSession, *, task_id: str) -> TaskRun | None:
 async def start_export(session: AsyncSession, **values: Any) -> None:
     """Record the export as being written: a new row, or (a run after one that died) the
     row of the earlier run set back to STARTED. A finished export is left alone."""
-    statement = _insert(session)(Export).values(state=State.STARTED, rows=0, bytes=0, **values)
+    statement = insert_for(session)(Export).values(state=State.STARTED, rows=0, bytes=0, **values)
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=[Export.id],
