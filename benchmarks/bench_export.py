@@ -111,7 +111,6 @@ def pool_rss(pid: int) -> int:
 def export_once(client: httpx.Client, dataset: str, fmt: str, worker_pid: int) -> dict[str, float]:
     before = pool_rss(worker_pid)
     memory = PeakRss(worker_pid)
-    memory.thread.start()
     r = client.post(f"/api/data-sync/datasets/{dataset}/exports", json={"format": fmt})
     assert r.status_code == 202, r.text
     task_id = r.json()["task_id"]

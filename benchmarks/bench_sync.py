@@ -1,27 +1,40 @@
-"""Data-sync throughput against the raw database limit, and the worker's peak memory.
+"""Data-sync throughput against the raw database limit, parsing included (issue 14).
 
-Registers a CSV of N rows through the API, syncs it on a real worker and reports rows/s
-(from the ledger's started_at to finished_at) beside, in the same run:
-  * SQLite: one ``executemany`` of the same rows into a table with the same unique key;
-  * PostgreSQL: ``COPY`` into a temporary table, then the same upsert from it.
-Peak RSS of the worker's pool process is sampled every 100 ms during the sync.
+For each format and size, a 10-column file (``order_id,sku,warehouse,qty,price,currency,
+customer,city,created,note``; Chinese and Latin text, a quoted note with a comma) is
+uploaded through the API and synced on a real worker (prefork, concurrency 2), then
+synced again unchanged. Rows/s is ``rows_read / (finished_at - started_at)`` from the
+ledger. In the same run, on the same file, the raw limit *including parsing*:
 
-    .venv/bin/python -m benchmarks.bench_sync --rows 1000000 --db sqlite
+  * SQLite: Python's ``csv`` module (``json.loads`` per line for JSON Lines, openpyxl's
+    read-only mode for XLSX), ``json.dumps`` of each row, an ``executemany`` upsert into a
+    table unique on (dataset, key); batches of 5,000, each committed; WAL,
+    ``synchronous=NORMAL``;
+  * PostgreSQL: the same parsing and ``json.dumps``, then per batch of 5,000 ``COPY`` into
+    a temporary table and ``INSERT … SELECT … ON CONFLICT DO UPDATE``, each committed.
+
+Peak RSS of the worker's pool processes is sampled every 100 ms during the syncs.
+
+    .venv/bin/python -m benchmarks.bench_sync --db sqlite --rows 100000 1000000
+    .venv/bin/python -m benchmarks.bench_sync --db postgresql --formats csv --rows 1000000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
+import csv
+import itertools
 import json
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -29,29 +42,90 @@ import psutil
 from benchmarks.stack import bench_stack, describe
 from tests.support import TOKEN
 
+BATCH = 5000
+COLUMNS = ["order_id", "sku", "warehouse", "qty", "price"]
+COLUMNS += ["currency", "customer", "city", "created", "note"]
+CITIES = ["上海", "北京", "深圳", "München", "São Paulo", "Kraków", "广州", "Zürich"]
+NAMES = ["张伟", "王芳", "李娜", "Zoë Müller", "José García", "刘洋", "Åsa Öberg", "陈静"]
+FORMATS = {"csv": ".csv", "gb18030": ".csv", "jsonl": ".jsonl", "xlsx": ".xlsx"}
 
-def write_csv(path: Path, rows: int) -> None:
-    with path.open("w") as f:
-        f.write("order_id,sku,warehouse,qty,price,note\n")
+
+def values(i: int) -> list[str]:
+    return [
+        str(i),
+        f"SKU-{i % 9973:05d}",
+        f"WH{i % 7}",
+        str(i % 101),
+        f"{i % 997}.{i % 100:02d}",
+        "CNY" if i % 3 else "EUR",
+        NAMES[i % 8],
+        CITIES[i % 8],
+        f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00",
+        f"备注 {i % 13}, note with comma",
+    ]
+
+
+def write_file(path: Path, fmt: str, rows: int) -> None:
+    if fmt == "xlsx":
+        from openpyxl import Workbook
+
+        book = Workbook(write_only=True)
+        sheet = book.create_sheet()
+        sheet.append(COLUMNS)
         for i in range(rows):
-            f.write(f"{i},SKU{i % 9973},WH{i % 7},{i % 101},{i % 997}.{i % 100:02d},batch-a\n")
+            sheet.append(values(i))
+        book.save(path)
+        return
+    encoding = "gb18030" if fmt == "gb18030" else "utf-8"
+    with path.open("w", encoding=encoding, newline="") as f:
+        if fmt == "jsonl":
+            for i in range(rows):
+                f.write(json.dumps(dict(zip(COLUMNS, values(i), strict=True)), ensure_ascii=False))
+                f.write("\n")
+        else:
+            out = csv.writer(f, lineterminator="\n")
+            out.writerow(COLUMNS)
+            out.writerows(values(i) for i in range(rows))
 
 
-def prepared_rows(path: Path) -> list[tuple[str, str, str, str, int, str]]:
-    """The rows as the sync writes them: key, JSON data and digest per CSV line."""
-    now = datetime.now(UTC).isoformat()
-    out = []
-    with path.open() as f:
-        header = f.readline().strip().split(",")
-        for line in f:
-            data = dict(zip(header, line.rstrip("\n").split(","), strict=True))
-            encoded = json.dumps(data, sort_keys=True)
-            digest = hashlib.md5(encoded.encode(), usedforsecurity=False).hexdigest()
-            out.append(("raw", json.dumps([data["order_id"]]), encoded, digest, 1, now))
-    return out
+def parsed(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+    """The file's rows as a plain program reads them, with the stock parser."""
+    if fmt == "xlsx":
+        from openpyxl import load_workbook
+
+        book = load_workbook(path, read_only=True)
+        sheet_rows = book.worksheets[0].iter_rows(values_only=True)
+        header = [str(c) for c in next(sheet_rows)]
+        for cells in sheet_rows:
+            yield dict(zip(header, cells, strict=False))
+        book.close()
+        return
+    encoding = "gb18030" if fmt == "gb18030" else "utf-8"
+    with path.open(encoding=encoding, newline="") as f:
+        if fmt == "jsonl":
+            for line in f:
+                yield json.loads(line)
+        else:
+            reader = csv.reader(f)
+            header = next(reader)
+            for cells in reader:
+                yield dict(zip(header, cells, strict=False))
 
 
-def raw_sqlite(rows: list[tuple[str, str, str, str, int, str]]) -> float:
+def raw_batches(path: Path, fmt: str) -> Iterator[list[tuple[str, str]]]:
+    rows = parsed(path, fmt)
+    while batch := list(itertools.islice(rows, BATCH)):
+        yield [(json.dumps([str(r["order_id"])]), json.dumps(r, ensure_ascii=False)) for r in batch]
+
+
+RAW_UPSERT = (
+    "INSERT INTO records (dataset, key, data, row_hash, source_file_id, updated_at) "
+    "VALUES ('raw', ?, ?, '', 1, ?) ON CONFLICT (dataset, key) DO UPDATE SET "
+    "data = excluded.data, updated_at = excluded.updated_at"
+)
+
+
+def raw_sqlite(path: Path, fmt: str) -> float:
     db = Path(tempfile.mkdtemp()) / "raw.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -62,18 +136,18 @@ def raw_sqlite(rows: list[tuple[str, str, str, str, int, str]]) -> float:
         "source_file_id INTEGER NOT NULL, updated_at DATETIME NOT NULL, UNIQUE (dataset, key))"
     )
     started = time.perf_counter()
-    conn.executemany(
-        "INSERT INTO records (dataset, key, data, row_hash, source_file_id, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    conn.commit()
+    count = 0
+    for batch in raw_batches(path, fmt):
+        now = datetime.now(UTC).isoformat()
+        conn.executemany(RAW_UPSERT, [(k, d, now) for k, d in batch])
+        conn.commit()
+        count += len(batch)
     elapsed = time.perf_counter() - started
     conn.close()
-    return len(rows) / elapsed
+    return count / elapsed
 
 
-def raw_postgres(url: str, rows: list[tuple[str, str, str, str, int, str]]) -> float:
+def raw_postgres(url: str, path: Path, fmt: str) -> float:
     import asyncpg
 
     async def run() -> float:
@@ -81,36 +155,38 @@ def raw_postgres(url: str, rows: list[tuple[str, str, str, str, int, str]]) -> f
         try:
             await conn.execute("DROP TABLE IF EXISTS raw_records")
             await conn.execute("CREATE TABLE raw_records (LIKE records INCLUDING ALL)")
-            records = [(d, k, v, h, s, datetime.fromisoformat(t)) for d, k, v, h, s, t in rows]
+            await conn.execute(
+                "CREATE TEMP TABLE staging (key text, data jsonb) ON COMMIT DELETE ROWS"
+            )
             started = time.perf_counter()
-            async with conn.transaction():
-                await conn.execute(
-                    "CREATE TEMP TABLE staging (dataset text, key text, data jsonb, "
-                    "row_hash text, source_file_id int, updated_at timestamptz) ON COMMIT DROP"
-                )
-                await conn.copy_records_to_table("staging", records=records)
-                await conn.execute(
-                    "INSERT INTO raw_records (dataset, key, data, row_hash, source_file_id, "
-                    "updated_at) SELECT * FROM staging ON CONFLICT (dataset, key) DO UPDATE "
-                    "SET data = excluded.data, row_hash = excluded.row_hash, "
-                    "source_file_id = excluded.source_file_id, updated_at = excluded.updated_at "
-                    "WHERE raw_records.row_hash IS DISTINCT FROM excluded.row_hash"
-                )
-            return len(rows) / (time.perf_counter() - started)
+            count = 0
+            for batch in raw_batches(path, fmt):
+                async with conn.transaction():
+                    await conn.copy_records_to_table("staging", records=batch)
+                    await conn.execute(
+                        "INSERT INTO raw_records (dataset, key, data, row_hash, source_file_id, "
+                        "updated_at) SELECT 'raw', key, data, '', 1, now() FROM staging "
+                        "ON CONFLICT (dataset, key) DO UPDATE SET data = excluded.data, "
+                        "updated_at = excluded.updated_at"
+                    )
+                count += len(batch)
+            return count / (time.perf_counter() - started)
         finally:
+            await conn.execute("DROP TABLE IF EXISTS raw_records")
             await conn.close()
 
     return asyncio.run(run())
 
 
 class PeakRss:
-    """Samples the RSS of the worker's processes (main and pool children)."""
+    """Samples the RSS of the worker's pool processes."""
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
         self.peak_child = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -122,62 +198,72 @@ class PeakRss:
             self.stop.wait(0.1)
 
 
-def sync_once(base_url: str, csv: Path, worker_pid: int, dataset: str) -> tuple[float, int, dict]:
+def sync(client: httpx.Client, file_id: int) -> tuple[float, dict[str, Any]]:
+    task_id = client.post("/api/data-sync/sync-single-file", json={"file_id": file_id}).json()[
+        "task_id"
+    ]
+    while (body := client.get(f"/api/tasks/{task_id}").json())["state"] not in (
+        "SUCCESS",
+        "FAILURE",
+    ):
+        time.sleep(0.25)
+    assert body["state"] == "SUCCESS", body["error"]
+    started = datetime.fromisoformat(body["started_at"])
+    finished = datetime.fromisoformat(body["finished_at"])
+    return body["result"]["rows_read"] / (finished - started).total_seconds(), body["result"]
+
+
+def measure(base_url: str, path: Path, worker_pid: int) -> tuple[float, float, int]:
+    """(first sync rows/s, unchanged re-sync rows/s, worker peak RSS)."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
-        with csv.open("rb") as f:
+        with path.open("rb") as f:
             r = client.post(
                 "/api/data-sync/files",
-                files={"file": (csv.name, f, "text/csv")},
-                data={"dataset": dataset, "key_columns": "order_id"},
+                files={"file": (path.name, f, "application/octet-stream")},
+                data={"dataset": f"bench{uuid.uuid4().hex[:6]}", "key_columns": "order_id"},
             )
         assert r.status_code == 201, r.text
         memory = PeakRss(worker_pid)
-        memory.thread.start()
-        task_id = client.post(
-            "/api/data-sync/sync-single-file", json={"file_id": r.json()["file_id"]}
-        ).json()["task_id"]
-        while (body := client.get(f"/api/tasks/{task_id}").json())["state"] not in (
-            "SUCCESS",
-            "FAILURE",
-        ):
-            time.sleep(0.5)
+        first, result = sync(client, r.json()["file_id"])
+        assert result["inserted"] == result["rows_read"], result
+        again, result = sync(client, r.json()["file_id"])
+        assert result["unchanged"] == result["rows_read"], result
         memory.stop.set()
-        assert body["state"] == "SUCCESS", body["error"]
-        started = datetime.fromisoformat(body["started_at"])
-        finished = datetime.fromisoformat(body["finished_at"])
-        rate = body["result"]["rows_read"] / (finished - started).total_seconds()
-        return rate, memory.peak_child, body["result"]
+        return first, again, memory.peak_child
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="syncq-sync-bench-"))
     with bench_stack(args.db) as st:
-        print(describe(st, "syncq data-sync benchmark"))
+        print(describe(st, "syncq data-sync benchmark"), flush=True)
         assert st.worker.proc is not None
-        for n in args.rows:
-            csv = work / f"orders-{n}.csv"
-            write_csv(csv, n)
-            rate, peak, result = sync_once(
-                st.api.base_url, csv, st.worker.proc.pid, f"bench{uuid.uuid4().hex[:6]}"
-            )
-            rows = prepared_rows(csv)
+        print(
+            "| format | rows | file | syncq first rows/s | raw rows/s | ratio "
+            "| re-sync rows/s | re-sync / first | worker peak RSS |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for fmt, n in itertools.product(args.formats, args.rows):
+            path = work / f"orders-{fmt}-{n}{FORMATS[fmt]}"
+            write_file(path, fmt, n)
+            first, again, peak = measure(st.api.base_url, path, st.worker.proc.pid)
             raw = (
-                raw_sqlite(rows)
+                raw_sqlite(path, fmt)
                 if args.db == "sqlite"
-                else raw_postgres(st.env["DATABASE_URL"], rows)
+                else raw_postgres(st.env["DATABASE_URL"], path, fmt)
             )
-            del rows
             print(
-                f"{n:>9} rows ({csv.stat().st_size / 1e6:.0f} MB): syncq {rate:8.0f} rows/s, "
-                f"raw {raw:8.0f} rows/s, ratio {rate / raw:.2f}; "
-                f"worker peak RSS {peak / 2**20:.0f} MiB; inserted {result['inserted']}",
+                f"| {fmt} | {n:,} | {path.stat().st_size / 1e6:.0f} MB | {first:,.0f} | "
+                f"{raw:,.0f} | {first / raw:.2f} | {again:,.0f} | {again / first:.1f} | "
+                f"{peak / 2**20:.0f} MiB |",
                 flush=True,
             )
+            path.unlink()
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, parse_constant=_not_json)
             except ValueError as exc:
                 yield row_number, f"invalid JSON: {exc.args[0] if exc.args else exc}"
                 continue
@@ -291,6 +291,12 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
                 yield row_number, f"{len(value)} keys; at most {MAX_COLUMNS} are allowed"
                 continue
             yield row_number, value
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, but they are not JSON, and a record
+    holding one could not be stored as JSON (PostgreSQL refuses it) or read back."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 # -- xlsx -------------------------------------------------------------------------------

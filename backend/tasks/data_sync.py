@@ -227,17 +227,18 @@ def _next_batch(
     good: list[q.PreparedRow] = []
     rejected: list[tuple[int, str]] = []
     read = 0
+    prepare, key_of = q.PreparedRow.of, q.record_key
     for row_number, row in itertools.islice(rows, n):
         read += 1
         if isinstance(row, str):
             rejected.append((row_number, row))
             continue
-        values = [row.get(k) for k in keys]
-        empty = [k for k, v in zip(keys, values, strict=True) if v is None or not str(v).strip()]
-        if empty:
-            rejected.append((row_number, f"missing key column value: {', '.join(empty)}"))
+        values = ["" if (v := row.get(k)) is None else str(v).strip() for k in keys]
+        if not all(values):
+            empty = ", ".join(k for k, v in zip(keys, values, strict=True) if not v)
+            rejected.append((row_number, f"missing key column value: {empty}"))
             continue
-        good.append(q.PreparedRow.of(q.record_key(values), row))
+        good.append(prepare(key_of(values), row))
     return read, good, rejected
 
 
