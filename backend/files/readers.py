@@ -42,6 +42,9 @@ __all__ = ["BadFile", "FileInfo", "Row", "XlsxLimits", "detect_format", "inspect
 
 CHUNK = 1 << 20
 SNIFF_BYTES = 64 * 1024
+# csv.Sniffer's cost is per line sampled: 64 KB of a 10-column file (650 lines) took
+# 0.22 s, three quarters of a 300,000-row file's whole pre-pass; 40 lines tell as much.
+SNIFF_LINES = 40
 FORMATS = ("csv", "jsonl", "xlsx")
 EXTENSIONS = {
     ".csv": "csv",
@@ -175,6 +178,9 @@ def _text_encoding(path: Path) -> tuple[str, int]:
 def _inspect_csv(path: Path, encoding: str, lines: int) -> FileInfo:
     with path.open(encoding=encoding, newline="") as f:
         sample = f.read(SNIFF_BYTES)
+    head = sample.splitlines(keepends=True)
+    if len(head) > SNIFF_LINES:
+        sample = "".join(head[:SNIFF_LINES])
     try:
         delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
