@@ -1,6 +1,7 @@
-"""How a synced row is keyed, encoded and digested (issue 14: orjson and xxhash on the hot
-path). Keys must keep the spelling the records stored so far were keyed by, or a re-sync
-after an upgrade would insert every row of a multi-column dataset a second time."""
+"""How a synced row is keyed, digested and encoded (backend/db/rows.py; issue 14: orjson
+and xxhash on the hot path, lists instead of dicts for CSV and XLSX rows). Keys must keep
+the spelling the records stored so far were keyed by, or a re-sync after an upgrade would
+insert every row of a multi-column dataset a second time."""
 
 from __future__ import annotations
 
@@ -8,18 +9,12 @@ import json
 import random
 from pathlib import Path
 
-import orjson
-
-from backend.db.queries.data_sync import PreparedRow, record_key
+from backend.db.rows import PreparedRow, RowShape, dumps, record_key
 from backend.files import readers
 
 
 def old_key(values: list[str]) -> str:
     return json.dumps(values, ensure_ascii=False)
-
-
-def encode_row(data: dict[str, object]) -> bytes:
-    return PreparedRow.of("", data).data_json.encode()
 
 
 def random_text(rng: random.Random) -> str:
@@ -41,27 +36,48 @@ def test_a_key_with_a_lone_surrogate_is_stored_escaped() -> None:
     assert record_key(["é", "x\ud800"]) == '["é", "x\\ud800"]'
 
 
-def test_a_row_is_compact_json_and_its_digest_follows_its_text() -> None:
-    row = {"sku": "A1", "name": "苹果", "qty": 3}
-    prepared = PreparedRow.of('["A1"]', row)
-    assert json.loads(prepared.data_json) == row
-    assert prepared.data_json == '{"sku":"A1","name":"苹果","qty":3}'
-    assert len(prepared.row_hash) == 32  # fits records.row_hash (VARCHAR(32))
-    assert PreparedRow.of('["A1"]', dict(row)).row_hash == prepared.row_hash
-    assert PreparedRow.of('["A1"]', row | {"qty": 4}).row_hash != prepared.row_hash
+def test_a_list_row_and_a_dict_row_with_the_same_values_are_the_same_record() -> None:
+    shape = RowShape(["sku", "name", "qty"], ["sku"])
+    from_list = shape.next_batch(iter([(2, ["A1", "苹果", 3])]), 10).rows[0]
+    from_dict = shape.next_batch(iter([(2, {"sku": "A1", "name": "苹果", "qty": 3})]), 10).rows[0]
+    assert from_list.key == from_dict.key == '["A1"]'
+    assert from_list.row_hash == from_dict.row_hash
+    assert len(from_list.row_hash) == 32  # fits records.row_hash (VARCHAR(32))
+    assert from_list.data_json() == from_dict.data_json() == '{"sku":"A1","name":"苹果","qty":3}'
+
+
+def test_the_digest_changes_with_any_value_or_column_name() -> None:
+    shape = RowShape(["sku", "name", "qty"], ["sku"])
+    rows = [["A1", "apple", "3"], ["A1", "apple", "4"], ["A1", "apple3", ""], ["A1", "apple"]]
+    digests = {r.row_hash for r in shape.next_batch(iter(enumerate(rows)), 10).rows}
+    assert len(digests) == 4
+    renamed = RowShape(["sku", "title", "qty"], ["sku"])
+    assert renamed.next_batch(iter([(2, rows[0])]), 1).rows[0].row_hash not in digests
+
+
+def test_a_short_row_keeps_the_columns_it_has_and_a_missing_key_is_a_rejected_row() -> None:
+    shape = RowShape(["sku", "name", "qty"], ["qty", "sku"])
+    batch = shape.next_batch(
+        iter([(2, ["A1", "apple"]), (3, [" B2 ", "pear", " 5 "]), (4, "unreadable")]), 10
+    )
+    assert batch.read == 3
+    assert [r.key for r in batch.rows] == ['["5", "B2"]']
+    assert batch.rows[0].data_json() == '{"sku":" B2 ","name":"pear","qty":" 5 "}'
+    assert batch.rejected == [(2, "missing key column value: qty"), (4, "unreadable")]
+    assert PreparedRow("k", "h", ["A1"], ["sku", "name"]).data_json() == '{"sku":"A1"}'
 
 
 def test_what_orjson_refuses_is_still_encoded() -> None:
     huge = {"n": 2**70, "nested": [[[1]]]}
-    assert json.loads(encode_row(huge)) == huge
+    assert json.loads(dumps(huge)) == huge
     surrogate = {"s": "x\udc80"}
-    text = encode_row(surrogate).decode()  # valid UTF-8, the surrogate escaped
+    text = dumps(surrogate).decode()  # valid UTF-8, the surrogate escaped
     assert json.loads(text) == surrogate
     deep: object = 1
     for _ in range(300):  # past orjson's nesting limit
         deep = [deep]
-    assert json.loads(encode_row({"d": deep})) == {"d": deep}
-    assert orjson.dumps({"a": 1}) == encode_row({"a": 1})
+    assert json.loads(dumps({"d": deep})) == {"d": deep}
+    assert PreparedRow.of('["1"]', {"d": deep}).data_json() == dumps({"d": deep}).decode()
 
 
 def test_json_lines_holding_nan_or_infinity_are_rejected_rows(tmp_path: Path) -> None:

@@ -100,7 +100,9 @@ class BoundedLines:
         return line
 
 
-Row = dict[str, Any]
+# A CSV or XLSX row is the list of its values in the header's order (a short CSV row has
+# the first columns only; a longer one is a rejected row); a JSON Lines row is its object.
+Row = list[Any] | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ def _csv_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
             if len(values) > width:
                 yield row_number, f"{len(values)} fields, but the header names {width}"
                 continue
-            yield row_number, dict(zip(info.columns, values, strict=False))
+            yield row_number, values
 
 
 def _inspect_jsonl(path: Path, encoding: str, lines: int) -> FileInfo:
@@ -336,7 +338,4 @@ def _xlsx_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
             except LineTooLong as exc:
                 raise BadFile(f"the converted workbook has a line past its limit: {exc}") from None
             row_number, row = json.loads(line)
-            if isinstance(row, str):
-                yield row_number, row
-            else:
-                yield row_number, dict(zip(info.columns, row, strict=True))
+            yield row_number, row

@@ -22,6 +22,7 @@ from backend.constants import COLUMN_PATTERN, DATASET_PATTERN, Queue, State, Tas
 from backend.db.models import SyncError, SyncFile
 from backend.db.models.base import utcnow
 from backend.db.queries import data_sync as q
+from backend.db.rows import RowShape
 from backend.files import readers, storage
 from backend.files.readers import BadFile
 from backend.runtime import metrics
@@ -219,29 +220,6 @@ def _skip(rows: Rows, n: int) -> None:
         pass
 
 
-def _next_batch(
-    rows: Rows, n: int, keys: list[str]
-) -> tuple[int, list[q.PreparedRow], list[tuple[int, str]]]:
-    """Read, validate and hash up to ``n`` rows (in a thread: it is all CPU and file I/O).
-    Returns (rows read, rows to upsert, rejected rows with their reasons)."""
-    good: list[q.PreparedRow] = []
-    rejected: list[tuple[int, str]] = []
-    read = 0
-    prepare, key_of = q.PreparedRow.of, q.record_key
-    for row_number, row in itertools.islice(rows, n):
-        read += 1
-        if isinstance(row, str):
-            rejected.append((row_number, row))
-            continue
-        values = ["" if (v := row.get(k)) is None else str(v).strip() for k in keys]
-        if not all(values):
-            empty = ", ".join(k for k, v in zip(keys, values, strict=True) if not v)
-            rejected.append((row_number, f"missing key column value: {empty}"))
-            continue
-        good.append(prepare(key_of(values), row))
-    return read, good, rejected
-
-
 @task(TaskName.SYNC_FILE, queue=Queue.DATA_SYNC)
 async def sync_file(ctx: TaskContext, file_id: int) -> dict[str, Any]:
     settings = ctx.settings
@@ -310,12 +288,13 @@ async def _sync(
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
     done = checkpoint.rows_done if checkpoint is not None else 0
     rows = readers.iter_rows(path, info)
+    shape = RowShape(info.columns, keys)
     if done:
         await asyncio.to_thread(_skip, rows, done)  # resume after the last committed batch
         await ctx.progress(done, info.total_rows, f"resumed after row {done}")
     while True:
         await ctx.checkpoint()
-        read, good, rejected = await asyncio.to_thread(_next_batch, rows, batch_size, keys)
+        read, good, rejected = await asyncio.to_thread(shape.next_batch, rows, batch_size)
         if not read:
             break
         async with ctx.session() as session, session.begin():

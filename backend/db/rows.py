@@ -1,0 +1,116 @@
+"""How a row read from a file becomes a record: its key, its digest and its JSON text.
+
+This is the per-row half of a sync's cost, so it is built for speed (issue 14):
+
+- A CSV or XLSX row stays the list the reader made; the dict and its JSON text are built
+  only for a row that is written (new or changed). An unchanged row of a re-sync costs its
+  key and its digest, nothing more.
+- The digest is xxh3-128 over the row's column names and values as JSON
+  (``["a","b"]["1","x"]``): a list row and a dict row (JSON Lines) with the same columns
+  and values have the same digest, as they have the same stored JSON.
+- orjson writes the JSON (300,000 ten-column rows: 0.09 s against ``json.dumps``'s 1.1 s);
+  what it refuses (integers past 64 bits, lone surrogates from a workbook, nesting past
+  254 levels) goes through ``json``, ASCII-escaped so the text stays valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+from xxhash import xxh3_128_hexdigest
+
+Values = list[Any] | dict[str, Any]
+Read = tuple[int, Values | str]  # (row number, the row or why it cannot be read)
+
+
+def dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+class PreparedRow(NamedTuple):
+    """A row ready to write. ``values`` is a list matching ``columns`` (CSV, XLSX; a short
+    CSV row has the first columns only) or, with ``columns`` None, a dict (JSON Lines)."""
+
+    key: str
+    row_hash: str
+    values: Values
+    columns: Sequence[str] | None = None
+
+    def data_json(self) -> str:
+        """The record's stored JSON: the row as an object, in its column order."""
+        if self.columns is None:
+            return dumps(self.values).decode()
+        return dumps(dict(zip(self.columns, self.values, strict=False))).decode()
+
+    @classmethod
+    def of(cls, key: str, data: dict[str, Any]) -> PreparedRow:
+        return cls(key, digest(list(data), list(data.values())), data)
+
+
+def digest(columns: Sequence[str], values: Sequence[Any]) -> str:
+    return xxh3_128_hexdigest(dumps(columns) + dumps(values))
+
+
+def record_key(values: list[str]) -> str:
+    """A record's key: its key columns' values (stripped, not empty) as a JSON list. The
+    spelling is ``json.dumps``'s (``["a", "b"]``), which the records stored so far were
+    keyed by; orjson writes a string as ``json.dumps(..., ensure_ascii=False)`` does."""
+    try:
+        if len(values) == 1:
+            return "[" + orjson.dumps(values[0]).decode() + "]"
+        return "[" + ", ".join([orjson.dumps(v).decode() for v in values]) + "]"
+    except TypeError:  # a lone surrogate (from a workbook): escaped, so it can be stored
+        return json.dumps(values, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
+
+
+class Batch(NamedTuple):
+    read: int
+    rows: list[PreparedRow]
+    rejected: list[tuple[int, str]]
+
+
+class RowShape:
+    """Keys and digests for the rows of one file, whose header is ``columns``."""
+
+    def __init__(self, columns: Sequence[str], keys: Sequence[str]) -> None:
+        self.columns = list(columns)
+        self.keys = list(keys)
+        self.key_at = [self.columns.index(k) if k in self.columns else len(columns) for k in keys]
+        # The digest's column half for a list row of each length, made once per file.
+        self.heads = [dumps(self.columns[:n]) for n in range(len(self.columns) + 1)]
+
+    def next_batch(self, rows: Iterator[Read], n: int) -> Batch:
+        """Read, key and digest up to ``n`` rows (in a thread: it is all CPU and file I/O)."""
+        good: list[PreparedRow] = []
+        rejected: list[tuple[int, str]] = []
+        read = 0
+        columns, heads, key_at, key_of = self.columns, self.heads, self.key_at, record_key
+        for row_number, row in itertools.islice(rows, n):
+            read += 1
+            if isinstance(row, str):
+                rejected.append((row_number, row))
+                continue
+            if isinstance(row, list):
+                width = len(row)
+                keys = [
+                    "" if i >= width or (v := row[i]) is None else str(v).strip() for i in key_at
+                ]
+                if all(keys):
+                    row_hash = xxh3_128_hexdigest(heads[width] + dumps(row))
+                    good.append(PreparedRow(key_of(keys), row_hash, row, columns))
+                    continue
+            else:
+                keys = ["" if (v := row.get(k)) is None else str(v).strip() for k in self.keys]
+                if all(keys):
+                    good.append(PreparedRow.of(key_of(keys), row))
+                    continue
+            empty = ", ".join(k for k, v in zip(self.keys, keys, strict=True) if not v)
+            rejected.append((row_number, f"missing key column value: {empty}"))
+        return Batch(read, good, rejected)
