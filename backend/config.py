@@ -82,9 +82,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "auto"
 
-    # Data sync.
+    # Data sync. A batch (one transaction, one checkpoint) ends at SYNC_BATCH_SIZE rows or
+    # once its rows' JSON reaches SYNC_BATCH_BYTES, whichever comes first: 5,000 rows of
+    # 8 MB each would otherwise be held at once.
     max_upload_bytes: int = 512 * 1024 * 1024
-    sync_batch_size: int = 5000
+    sync_batch_size: int = Field(default=5000, ge=1)
+    sync_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
 
     # Exports and reports. A finished export's file and row are kept this long, then the
     # scheduled cleanup (purge-exports) removes both; records are read and written in

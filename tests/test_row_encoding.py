@@ -91,3 +91,16 @@ def test_json_lines_holding_nan_or_infinity_are_rejected_rows(tmp_path: Path) ->
     assert rows[1][0] == 2 and "NaN is not a JSON value" in str(rows[1][1])
     assert rows[2][0] == 3 and "-Infinity is not a JSON value" in str(rows[2][1])
     assert rows[3] == (4, {"id": 4})
+
+
+def test_a_batch_ends_at_its_row_count_or_its_byte_budget_whichever_comes_first() -> None:
+    wide = "x" * 1000
+    rows = iter([(n, [str(n), wide]) for n in range(2, 102)])
+    shape = RowShape(["id", "blob"], ["id"])
+    by_bytes = shape.next_batch(rows, 50, max_bytes=10_000)
+    assert by_bytes.read == len(by_bytes.rows) == 10  # ~1 KB of JSON each
+    by_count = shape.next_batch(rows, 5, max_bytes=10_000)
+    assert [r.key for r in by_count.rows] == [f'["{n}"]' for n in range(12, 17)]
+    dicts = iter([(n, {"id": n, "blob": wide}) for n in range(1, 21)])
+    assert shape.next_batch(dicts, 50, max_bytes=5_000).read == 5
+    assert shape.next_batch(iter([]), 50).read == 0

@@ -15,7 +15,6 @@ This is the per-row half of a sync's cost, so it is built for speed (issue 14):
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -86,31 +85,41 @@ class RowShape:
         # The digest's column half for a list row of each length, made once per file.
         self.heads = [dumps(self.columns[:n]) for n in range(len(self.columns) + 1)]
 
-    def next_batch(self, rows: Iterator[Read], n: int) -> Batch:
-        """Read, key and digest up to ``n`` rows (in a thread: it is all CPU and file I/O)."""
+    def next_batch(self, rows: Iterator[Read], n: int, max_bytes: int = 1 << 62) -> Batch:
+        """Read, key and digest up to ``n`` rows, fewer once their JSON holds ``max_bytes``
+        (in a thread: it is all CPU and file I/O)."""
         good: list[PreparedRow] = []
         rejected: list[tuple[int, str]] = []
-        read = 0
+        read = size = 0
         columns, heads, key_at, key_of = self.columns, self.heads, self.key_at, record_key
-        for row_number, row in itertools.islice(rows, n):
+        for row_number, row in rows:
             read += 1
             if isinstance(row, str):
                 rejected.append((row_number, row))
-                continue
-            if isinstance(row, list):
+            elif isinstance(row, list):
                 width = len(row)
                 keys = [
                     "" if i >= width or (v := row[i]) is None else str(v).strip() for i in key_at
                 ]
                 if all(keys):
-                    row_hash = xxh3_128_hexdigest(heads[width] + dumps(row))
+                    encoded = dumps(row)
+                    size += len(encoded)
+                    row_hash = xxh3_128_hexdigest(heads[width] + encoded)
                     good.append(PreparedRow(key_of(keys), row_hash, row, columns))
-                    continue
+                else:
+                    rejected.append((row_number, self._missing(keys)))
             else:
                 keys = ["" if (v := row.get(k)) is None else str(v).strip() for k in self.keys]
                 if all(keys):
-                    good.append(PreparedRow.of(key_of(keys), row))
-                    continue
-            empty = ", ".join(k for k, v in zip(self.keys, keys, strict=True) if not v)
-            rejected.append((row_number, f"missing key column value: {empty}"))
+                    encoded = dumps(list(row)) + dumps(list(row.values()))
+                    size += len(encoded)
+                    good.append(PreparedRow(key_of(keys), xxh3_128_hexdigest(encoded), row))
+                else:
+                    rejected.append((row_number, self._missing(keys)))
+            if read >= n or size >= max_bytes:
+                break
         return Batch(read, good, rejected)
+
+    def _missing(self, keys: list[str]) -> str:
+        empty = ", ".join(k for k, v in zip(self.keys, keys, strict=True) if not v)
+        return f"missing key column value: {empty}"

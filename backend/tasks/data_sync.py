@@ -294,7 +294,9 @@ async def _sync(
         await ctx.progress(done, info.total_rows, f"resumed after row {done}")
     while True:
         await ctx.checkpoint()
-        read, good, rejected = await asyncio.to_thread(shape.next_batch, rows, batch_size)
+        read, good, rejected = await asyncio.to_thread(
+            shape.next_batch, rows, batch_size, ctx.settings.sync_batch_bytes
+        )
         if not read:
             break
         async with ctx.session() as session, session.begin():
