@@ -198,6 +198,10 @@ class PeakRss:
             self.stop.wait(0.1)
 
 
+class Refused(Exception):
+    """The sync ended FAILURE (a workbook past its XLSX limits, say): reported, not timed."""
+
+
 def sync(client: httpx.Client, file_id: int) -> tuple[float, dict[str, Any]]:
     task_id = client.post("/api/data-sync/sync-single-file", json={"file_id": file_id}).json()[
         "task_id"
@@ -207,7 +211,8 @@ def sync(client: httpx.Client, file_id: int) -> tuple[float, dict[str, Any]]:
         "FAILURE",
     ):
         time.sleep(0.25)
-    assert body["state"] == "SUCCESS", body["error"]
+    if body["state"] != "SUCCESS":
+        raise Refused(body["error"]["message"])
     started = datetime.fromisoformat(body["started_at"])
     finished = datetime.fromisoformat(body["finished_at"])
     return body["result"]["rows_read"] / (finished - started).total_seconds(), body["result"]
@@ -225,11 +230,13 @@ def measure(base_url: str, path: Path, worker_pid: int) -> tuple[float, float, i
             )
         assert r.status_code == 201, r.text
         memory = PeakRss(worker_pid)
-        first, result = sync(client, r.json()["file_id"])
-        assert result["inserted"] == result["rows_read"], result
-        again, result = sync(client, r.json()["file_id"])
-        assert result["unchanged"] == result["rows_read"], result
-        memory.stop.set()
+        try:
+            first, result = sync(client, r.json()["file_id"])
+            assert result["inserted"] == result["rows_read"], result
+            again, result = sync(client, r.json()["file_id"])
+            assert result["unchanged"] == result["rows_read"], result
+        finally:
+            memory.stop.set()
         return first, again, memory.peak_child
 
 
@@ -251,14 +258,20 @@ def main() -> None:
         for fmt, n in itertools.product(args.formats, args.rows):
             path = work / f"orders-{fmt}-{n}{FORMATS[fmt]}"
             write_file(path, fmt, n)
-            first, again, peak = measure(st.api.base_url, path, st.worker.proc.pid)
+            size = f"{path.stat().st_size / 1e6:.0f} MB"
+            try:
+                first, again, peak = measure(st.api.base_url, path, st.worker.proc.pid)
+            except Refused as exc:
+                print(f"| {fmt} | {n:,} | {size} | refused: {exc} | | | | | |", flush=True)
+                path.unlink()
+                continue
             raw = (
                 raw_sqlite(path, fmt)
                 if args.db == "sqlite"
                 else raw_postgres(st.env["DATABASE_URL"], path, fmt)
             )
             print(
-                f"| {fmt} | {n:,} | {path.stat().st_size / 1e6:.0f} MB | {first:,.0f} | "
+                f"| {fmt} | {n:,} | {size} | {first:,.0f} | "
                 f"{raw:,.0f} | {first / raw:.2f} | {again:,.0f} | {again / first:.1f} | "
                 f"{peak / 2**20:.0f} MiB |",
                 flush=True,
