@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import io
+import os
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -351,6 +353,42 @@ def test_a_hostile_workbook_ends_fast_in_bounded_memory_and_the_worker_keeps_ser
     assert worker.alive and not _readers_under(psutil.Process(worker.proc.pid))
     assert not _temporary_files(stack_env)
     _serves_a_normal_sync(client, dataset, 101)
+
+
+def test_after_hostile_uploads_the_uploads_folder_holds_only_registered_files(
+    client: httpx.Client, start_worker: StartWorker, stack_env: dict[str, str]
+) -> None:
+    """Every hostile workbook, a refused registration and a duplicate upload, each synced
+    to its end: what they added to ``DATA_DIR/uploads`` is exactly the files registered
+    (no reader spool, no half-written copy, no refused or duplicate upload)."""
+    start_worker()
+    uploads = Path(stack_env["DATA_DIR"]).resolve() / "uploads"
+
+    def listed() -> set[str]:
+        return set(os.listdir(uploads)) if uploads.is_dir() else set()
+
+    before = listed()
+    dataset = new_dataset()
+    sent: dict[str, bytes] = {}
+    for kind, (build, state, _) in HOSTILE.items():
+        sent[kind] = build()
+        f = register(client, sent[kind], dataset, name=f"{kind}.xlsx")
+        done = wait_final(client, sync(client, f["file_id"])["task_id"], timeout=60)
+        assert done["state"] == state, done
+    duplicate = register(client, sent["declared_a_million_rows"], dataset, name="again.xlsx")
+    assert duplicate["duplicate"], duplicate
+    refused = client.post(
+        "/api/data-sync/files",
+        files={"file": ("new.csv", io.BytesIO(b"order_id\n1\n"), "text/csv")},
+        data={"dataset": new_dataset()},  # a new dataset without its key columns: 422
+    )
+    assert refused.status_code == 422, refused.text
+
+    added = listed() - before
+    registered = {f["checksum"] for f in dataset_info(client, dataset)["files"]}
+    assert len(registered) == len(HOSTILE)
+    assert {hashlib.sha256((uploads / n).read_bytes()).hexdigest() for n in added} == registered
+    assert len(added) == len(registered), sorted(added)
 
 
 def test_past_a_relaxed_archive_check_the_time_limit_stops_the_parse_itself(
