@@ -51,6 +51,13 @@ def test_logging_in_keeps_the_token_out_of_urls_and_shows_the_ledger(
     page.wait_for_selector(f"{row(task['task_id'])} td.state:has-text('SUCCESS')")
     page.wait_for_selector("#live:has-text('live')", timeout=TIMEOUT_MS)
     page.wait_for_selector("#queues tr[data-queue='data_sync']")
+    # The chart draws the ledger's finishes (GET /api/system/throughput), the noop's among them.
+    page.wait_for_function(
+        "Number(document.querySelector('#chart').dataset.finished || 0) >= 1",
+        timeout=TIMEOUT_MS,
+    )
+    assert "from the ledger" in (page.locator("#chart text").text_content() or "")
+    assert any("/api/system/throughput" in url for url in browser.requested)
     assert page.evaluate("sessionStorage.getItem('syncq.dashboard.token')") == TOKEN
     assert page.evaluate("localStorage.length") == 0
     assert "wrong-token" not in page.url and TOKEN not in page.url

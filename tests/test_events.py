@@ -194,3 +194,39 @@ def test_system_views_answer_fast_when_no_worker_does(
     assert client.get("/api/system/queues").json()["queues"]["default"] >= (
         worker_free_queue_before + 2
     )
+
+
+def test_the_throughput_view_counts_every_finish_in_the_ledger_by_minute_and_state(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    """The dashboard's chart: what the ledger says finished, whichever executor ran it,
+    not what one page of the task list shows."""
+    start_worker()
+
+    def totals() -> dict[str, int]:
+        found: dict[str, int] = {}
+        body = client.get("/api/system/throughput", params={"minutes": 5}).json()
+        assert body["minutes"] == 5
+        for bucket in body["finished"]:
+            assert len(bucket["minute"]) == 16  # "YYYY-MM-DD HH:MM", UTC
+            found[bucket["state"]] = found.get(bucket["state"], 0) + bucket["count"]
+        return found
+
+    before = totals()
+    done = [submit(client, "system.noop")["task_id"] for _ in range(12)]
+    for task_id in done:
+        wait_state(client, task_id, "SUCCESS")
+    sleeper = submit(client, "system.sleep", seconds=30)["task_id"]
+    assert client.delete(f"/api/tasks/{sleeper}").status_code == 202
+
+    # Counted up to 5 s late (one query per 5 s, however many dashboards ask).
+    after = wait_for(
+        lambda: (
+            (t := totals()).get("SUCCESS", 0) >= before.get("SUCCESS", 0) + 12
+            and t.get("REVOKED", 0) >= before.get("REVOKED", 0) + 1
+            and t
+        ),
+        timeout=15,
+    )
+    assert set(after) <= {"SUCCESS", "FAILURE", "REVOKED"}
+    assert client.get("/api/system/throughput", params={"minutes": 61}).status_code == 422

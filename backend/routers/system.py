@@ -1,14 +1,16 @@
-"""Live views for operators: workers (Celery broadcast) and queue lengths (Redis)."""
+"""Live views for operators: workers (Celery broadcast), queue lengths (Redis) and the
+ledger's finishes per minute."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from backend.api.deps import Authenticated, RuntimeDep
-from backend.schemas.system import Queues, Worker, Workers
+from backend.schemas.system import FinishedInMinute, Queues, Throughput, Worker, Workers
 
 router = APIRouter(prefix="/api/system", tags=["system"], dependencies=Authenticated)
 
@@ -33,4 +35,17 @@ async def list_queues(runtime: RuntimeDep) -> Queues:
         queues=view.queues,
         unacked=view.unacked,
         local_executor={"held": view.local_held, "capacity": view.local_capacity},
+    )
+
+
+@router.get("/throughput", response_model=Throughput)
+async def throughput(
+    runtime: RuntimeDep, minutes: Annotated[int, Query(ge=1, le=60)] = 30
+) -> Throughput:
+    """Runs finished per minute (UTC) and final state over the last ``minutes``, counted
+    in the ledger; the dashboard's chart. Up to 5 s old."""
+    counts = await runtime.finished_per_minute(minutes)
+    return Throughput(
+        minutes=minutes,
+        finished=[FinishedInMinute(minute=m, state=s, count=n) for m, s, n in sorted(counts)],
     )

@@ -663,6 +663,33 @@ async def heartbeat_waiting(sessions: Sessions, task_ids: list[str]) -> None:
 _SUMMARY_COLUMNS = tuple(c for c in _STATUS_COLUMNS if c is not TaskRun.result)
 
 
+THROUGHPUT_LOOKBACK = timedelta(hours=1)
+
+
+async def finished_per_minute(sessions: Sessions, *, since: datetime) -> list[tuple[str, str, int]]:
+    """(minute ``YYYY-MM-DD HH:MM`` UTC, final state, count) for runs that finished since
+    ``since``, whichever executor ran them. The scan goes by the submitted_at index, so a
+    run submitted more than THROUGHPUT_LOOKBACK before ``since`` is not counted (the
+    finish path keeps no finished_at index: one more write on every finish)."""
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            minute: Any = func.to_char(
+                func.timezone("UTC", TaskRun.finished_at), "YYYY-MM-DD HH24:MI"
+            )
+        else:
+            minute = func.substr(TaskRun.finished_at, 1, 16)
+        query = (
+            select(minute.label("minute"), TaskRun.state, func.count())
+            .where(
+                TaskRun.submitted_at >= since - THROUGHPUT_LOOKBACK,
+                TaskRun.finished_at >= since,
+                TaskRun.state.in_(sorted(FINAL_STATES)),
+            )
+            .group_by(minute, TaskRun.state)
+        )
+        return [(str(m), str(s), int(n)) for m, s, n in (await session.execute(query)).all()]
+
+
 async def recent(
     sessions: Sessions, *, state: str | None, name: str | None, limit: int
 ) -> list[Row[Any]]:

@@ -25,6 +25,7 @@ from backend.config import Settings
 from backend.constants import FINAL_STATES, Executor, State, TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
+from backend.db.models.base import utcnow
 from backend.runtime import inspect, ledger, metrics, recovery, schedules
 from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer, Item, TaskEvent
@@ -85,6 +86,7 @@ class StatusView:
 # FINAL_VIEW_SECONDS late.
 FINAL_VIEW_SECONDS = 10.0
 FINAL_VIEWS_KEPT = 10_000
+THROUGHPUT_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Runtime:
             self.local.announcer = self.announcer
         self._background: set[asyncio.Task[Any]] = set()
         self._final_views: dict[str, tuple[float, StatusView]] = {}
+        self._throughput: dict[int, tuple[float, list[tuple[str, str, int]]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -324,6 +327,18 @@ class Runtime:
                 return run
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 1.5, 0.2)
+
+    async def finished_per_minute(self, minutes: int) -> list[tuple[str, str, int]]:
+        """The ledger's finishes per minute and state over the last ``minutes``; one query
+        per THROUGHPUT_CACHE_SECONDS, however many dashboards ask."""
+        now = time.monotonic()
+        cached = self._throughput.get(minutes)
+        if cached is not None and now - cached[0] < THROUGHPUT_CACHE_SECONDS:
+            return cached[1]
+        since = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+        counts = await ledger.finished_per_minute(self.sessions, since=since)
+        self._throughput[minutes] = (now, counts)
+        return counts
 
     async def recent(
         self, *, state: str | None = None, name: str | None = None, limit: int = 50

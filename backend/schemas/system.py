@@ -34,3 +34,16 @@ class Queues(BaseModel):
     queues: dict[str, int | None]
     unacked: int | None
     local_executor: dict[str, Any]
+
+
+class FinishedInMinute(BaseModel):
+    minute: str  # "YYYY-MM-DD HH:MM", UTC
+    state: str  # SUCCESS | FAILURE | REVOKED
+    count: int
+
+
+class Throughput(BaseModel):
+    """Runs finished per minute and state, from the ledger (every executor)."""
+
+    minutes: int
+    finished: list[FinishedInMinute]

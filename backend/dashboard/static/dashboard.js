@@ -188,7 +188,6 @@ async function refreshTasks() {
   for (const t of data) tasks.set(t.task_id, t);
   renderTasks();
   $("#tasks-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-  renderChart();
 }
 
 function scheduleTasksRefresh(ms = 800) {
@@ -252,16 +251,25 @@ async function cancelTask(id, button) {
 
 // -- throughput chart (SVG, no library) -------------------------------------------------
 
-function renderChart() {
+// The ledger's counts (GET /api/system/throughput), not the tasks listed below: a list of
+// 200 says nothing of a minute in which thousands finished.
+async function refreshChart() {
+  const { data } = await api("GET", `/api/system/throughput?minutes=${CHART_MINUTES}`);
+  renderChart(data.finished);
+}
+
+function renderChart(finished) {
   const svg = $("#chart");
   const ns = "http://www.w3.org/2000/svg";
   const now = Date.now();
   const start = Math.floor(now / 60000) - CHART_MINUTES + 1;
   const buckets = Array.from({ length: CHART_MINUTES }, () => ({ SUCCESS: 0, FAILURE: 0, REVOKED: 0 }));
-  for (const t of tasks.values()) {
-    if (!FINAL.has(t.state) || !t.finished_at) continue;
-    const minute = Math.floor(new Date(t.finished_at).getTime() / 60000) - start;
-    if (minute >= 0 && minute < CHART_MINUTES) buckets[minute][t.state] += 1;
+  for (const f of finished) {
+    // "YYYY-MM-DD HH:MM", UTC
+    const minute = Math.floor(Date.parse(`${f.minute.replace(" ", "T")}:00Z`) / 60000) - start;
+    if (minute >= 0 && minute < CHART_MINUTES && f.state in buckets[minute]) {
+      buckets[minute][f.state] += f.count;
+    }
   }
   const max = Math.max(1, ...buckets.map((b) => b.SUCCESS + b.FAILURE + b.REVOKED));
   const width = 360, height = 120, bar = width / CHART_MINUTES;
@@ -290,7 +298,7 @@ function renderChart() {
   axis.setAttribute("class", "axis");
   const label = document.createElementNS(ns, "text");
   label.setAttribute("x", "2"); label.setAttribute("y", "136");
-  label.textContent = `max ${max}/min · from the ${tasks.size} tasks listed`;
+  label.textContent = `max ${max}/min · all tasks, from the ledger`;
   svg.replaceChildren(axis, label, ...shapes);
   svg.dataset.finished = String(buckets.reduce((n, b) => n + b.SUCCESS + b.FAILURE + b.REVOKED, 0));
 }
@@ -391,7 +399,7 @@ function onEvent(kind, data) {
     scheduleTasksRefresh();
   }
   if (FINAL.has(data.state)) {
-    scheduleTasksRefresh(1500); // the ledger's own row (finished_at, error) for the chart
+    scheduleTasksRefresh(1500); // the ledger's own row (finished_at, error)
     if (data.name === "data_sync.sync_file") refreshDatasets(false).catch(showError);
   }
 }
@@ -467,7 +475,8 @@ function showError(e) {
 
 async function refreshAll() {
   refreshHealth();
-  const results = await Promise.allSettled([refreshTasks(), refreshQueues(), refreshWorkers()]);
+  const results = await Promise.allSettled(
+    [refreshTasks(), refreshQueues(), refreshWorkers(), refreshChart()]);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) showError(failed.reason);
   else if ($("#notice").classList.contains("error")) notice("");
