@@ -286,6 +286,7 @@ async def _sync(
             await q.note_columns(session, name=f.dataset, columns=info.columns)
             await ctx.hold(session)
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
+    mostly_unchanged = False
     done = checkpoint.rows_done if checkpoint is not None else 0
     rows = readers.iter_rows(path, info)
     shape = RowShape(info.columns, keys)
@@ -301,7 +302,12 @@ async def _sync(
             break
         async with ctx.session() as session, session.begin():
             batch_counts = await q.upsert_records(
-                session, dataset=f.dataset, file_id=f.id, rows=good, now=utcnow()
+                session,
+                dataset=f.dataset,
+                file_id=f.id,
+                rows=good,
+                now=utcnow(),
+                mostly_unchanged=mostly_unchanged,
             )
             await q.add_errors(session, file_id=f.id, task_id=ctx.task_id, errors=rejected)
             batch_counts.read, batch_counts.rejected = read, len(rejected)
@@ -312,6 +318,9 @@ async def _sync(
             )
             await ctx.hold(session)
         metrics.rows_synced(batch_counts.as_dict())  # committed: counted once
+        # A re-sync of an unchanged file: from its second batch on, PostgreSQL is asked
+        # which rows differ before any is sent (q.upsert_records).
+        mostly_unchanged = batch_counts.unchanged * 2 > len(good)
         await ctx.progress(
             done,
             max(info.total_rows, done),
