@@ -59,6 +59,17 @@ EXTENSIONS = {
 csv.field_size_limit(MAX_FIELD_BYTES)
 
 
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, but they are not JSON, and a record
+    holding one could not be stored as JSON (PostgreSQL refuses it) or read back."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# One decoder for every line: ``json.loads(line, parse_constant=...)`` builds a decoder
+# per call, 3.7 us a line against 2.0 us (timeit, a 10-key line).
+_JSON_LINE = json.JSONDecoder(parse_constant=_not_json)
+
+
 class LineTooLong(Exception):
     """A line (or a record of several) longer than its limit; it was skipped, unread."""
 
@@ -285,7 +296,7 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line, parse_constant=_not_json)
+                value = _JSON_LINE.decode(line)
             except ValueError as exc:
                 yield row_number, f"invalid JSON: {exc.args[0] if exc.args else exc}"
                 continue
@@ -299,12 +310,6 @@ def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
                 yield row_number, f"{len(value)} keys; at most {MAX_COLUMNS} are allowed"
                 continue
             yield row_number, value
-
-
-def _not_json(name: str) -> Any:
-    """NaN and Infinity: Python's json reads them, but they are not JSON, and a record
-    holding one could not be stored as JSON (PostgreSQL refuses it) or read back."""
-    raise ValueError(f"{name} is not a JSON value")
 
 
 # -- xlsx -------------------------------------------------------------------------------
