@@ -9,7 +9,9 @@ import json
 import random
 from pathlib import Path
 
-from backend.db.rows import PreparedRow, RowShape, dumps, record_key
+import pytest
+
+from backend.db.rows import NotUnicode, PreparedRow, RowShape, dumps, record_key
 from backend.files import readers
 
 
@@ -31,9 +33,27 @@ def test_keys_are_spelt_as_before_for_any_text_and_any_number_of_columns() -> No
     assert record_key(['a"b\\c\n']) == old_key(['a"b\\c\n'])
 
 
-def test_a_key_with_a_lone_surrogate_is_stored_escaped() -> None:
-    assert record_key(["x\ud800"]) == '["x\\ud800"]'
-    assert record_key(["é", "x\ud800"]) == '["é", "x\\ud800"]'
+def test_a_row_holding_a_lone_surrogate_is_rejected_whichever_column_holds_it() -> None:
+    """PostgreSQL's jsonb refuses even the escape (``"\\ud800"``), so no database gets it."""
+    shape = RowShape(["sku", "name"], ["sku"])
+    rows = [
+        (2, ["A1\ud800", "x"]),  # in the key
+        (3, ["A2", "x\udc80"]),  # in a value
+        (4, {"sku": "A3", "name": "x\ud800"}),  # a JSON line's escape
+        (5, {"sku": "A4", "n\ud800": "x"}),  # a JSON line's name
+        (6, ["A5", "fine"]),
+    ]
+    batch = shape.next_batch(iter(rows), 10)
+    assert [r.key for r in batch.rows] == ['["A5"]']
+    assert [n for n, _ in batch.rejected] == [2, 3, 4, 5]
+    assert all("lone surrogate" in reason for _, reason in batch.rejected)
+    with pytest.raises(NotUnicode):
+        record_key(["x\ud800"])
+
+
+def test_a_row_wider_than_the_header_is_rejected_not_a_crash() -> None:
+    batch = RowShape(["sku"], ["sku"]).next_batch(iter([(2, ["A1", "extra"])]), 10)
+    assert (batch.rows, batch.rejected) == ([], [(2, "2 values, but the header names 1")])
 
 
 def test_a_list_row_and_a_dict_row_with_the_same_values_are_the_same_record() -> None:
@@ -70,9 +90,7 @@ def test_a_short_row_keeps_the_columns_it_has_and_a_missing_key_is_a_rejected_ro
 def test_what_orjson_refuses_is_still_encoded() -> None:
     huge = {"n": 2**70, "nested": [[[1]]]}
     assert json.loads(dumps(huge)) == huge
-    surrogate = {"s": "x\udc80"}
-    text = dumps(surrogate).decode()  # valid UTF-8, the surrogate escaped
-    assert json.loads(text) == surrogate
+    assert dumps({"é": 2**70}).decode() == '{"é":1180591620717411303424}'
     deep: object = 1
     for _ in range(300):  # past orjson's nesting limit
         deep = [deep]

@@ -26,11 +26,24 @@ Values = list[Any] | dict[str, Any]
 Read = tuple[int, Values | str]  # (row number, the row or why it cannot be read)
 
 
+class NotUnicode(ValueError):
+    """A value holds a lone surrogate (an escape in a JSON line, a cell of a workbook): no
+    database stores it as JSON text (PostgreSQL's jsonb refuses even the escape), so the
+    row is rejected, the same way on both."""
+
+    def __str__(self) -> str:
+        return "a value is not valid Unicode (it holds a lone surrogate)"
+
+
 def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=str).encode()
+        text = json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            raise NotUnicode() from None
 
 
 class PreparedRow(NamedTuple):
@@ -65,8 +78,8 @@ def record_key(values: list[str]) -> str:
         if len(values) == 1:
             return "[" + orjson.dumps(values[0]).decode() + "]"
         return "[" + ", ".join([orjson.dumps(v).decode() for v in values]) + "]"
-    except TypeError:  # a lone surrogate (from a workbook): escaped, so it can be stored
-        return json.dumps(values, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
+    except TypeError:  # strings only: orjson refuses nothing but a lone surrogate
+        raise NotUnicode() from None
 
 
 class Batch(NamedTuple):
@@ -101,19 +114,34 @@ class RowShape:
                 keys = [
                     "" if i >= width or (v := row[i]) is None else str(v).strip() for i in key_at
                 ]
-                if all(keys):
-                    encoded = dumps(row)
-                    size += len(encoded)
-                    row_hash = xxh3_128_hexdigest(heads[width] + encoded)
-                    good.append(PreparedRow(key_of(keys), row_hash, row, columns))
+                if width > len(columns):  # neither reader yields one; refused, not a crash
+                    wide = f"{width} values, but the header names {len(columns)}"
+                    rejected.append((row_number, wide))
+                elif all(keys):
+                    try:
+                        encoded = dumps(row)
+                        good.append(
+                            PreparedRow(
+                                key_of(keys),
+                                xxh3_128_hexdigest(heads[width] + encoded),
+                                row,
+                                columns,
+                            )
+                        )
+                        size += len(encoded)
+                    except NotUnicode as exc:
+                        rejected.append((row_number, str(exc)))
                 else:
                     rejected.append((row_number, self._missing(keys)))
             else:
                 keys = ["" if (v := row.get(k)) is None else str(v).strip() for k in self.keys]
                 if all(keys):
-                    encoded = dumps(list(row)) + dumps(list(row.values()))
-                    size += len(encoded)
-                    good.append(PreparedRow(key_of(keys), xxh3_128_hexdigest(encoded), row))
+                    try:
+                        encoded = dumps(list(row)) + dumps(list(row.values()))
+                        good.append(PreparedRow(key_of(keys), xxh3_128_hexdigest(encoded), row))
+                        size += len(encoded)
+                    except NotUnicode as exc:
+                        rejected.append((row_number, str(exc)))
                 else:
                     rejected.append((row_number, self._missing(keys)))
             if read >= n or size >= max_bytes:

@@ -298,7 +298,7 @@ function renderChart(finished) {
   axis.setAttribute("class", "axis");
   const label = document.createElementNS(ns, "text");
   label.setAttribute("x", "2"); label.setAttribute("y", "136");
-  label.textContent = `max ${max}/min · all tasks, from the ledger`;
+  label.textContent = `max ${max}/min · from the ledger`;
   svg.replaceChildren(axis, label, ...shapes);
   svg.dataset.finished = String(buckets.reduce((n, b) => n + b.SUCCESS + b.FAILURE + b.REVOKED, 0));
 }
