@@ -2,7 +2,8 @@
 inserted, updated or unchanged, in file order, and the records end as the newer file
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
 asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``);
-on SQLite every batch reads its stored digests first. Bodies run in this process
+on SQLite every batch reads its stored digests first. A key repeated in a batch counts in
+file order on both. Bodies run in this process
 (backend/runtime/inprocess.py) against a real database, batches of 100 rows."""
 
 from __future__ import annotations
@@ -72,20 +73,24 @@ async def test_a_newer_file_counts_each_row_once_and_leaves_the_records_as_it_sa
     }  # fmt: skip
 
     # Mostly the same file: a few rows changed, in the first batch and in late ones (after
-    # unchanged batches), and a few new keys at the end.
+    # unchanged batches), a few new keys at the end, and S00010 a second time in the first
+    # batch, changed: in file order that is one more update, on both databases.
     newer = dict(first)
     for k in (3, 150, 420, 421, 999):
         newer[k] = f"changed {k}"
     for k in range(ROWS, ROWS + 7):
         newer[k] = f"new {k}"
-    content = _csv(newer)
+    lines = _csv(newer).decode().splitlines(keepends=True)
+    content = "".join([*lines[:51], "S00010,twice\n", *lines[51:]]).encode()
     assert await _sync(settings, content, dataset) == {
-        "rows_read": ROWS + 7, "inserted": 7, "updated": 5, "unchanged": ROWS - 5,
+        "rows_read": ROWS + 8, "inserted": 7, "updated": 6, "unchanged": ROWS - 5,
     }  # fmt: skip
+    newer[10] = "twice"
     expected = {f"S{k:05d}": v for k, v in newer.items()}
     assert await _records(settings, dataset) == expected
 
-    # The same rows again, as another file (a trailing blank line): nothing is written.
+    # The same rows again, as another file (a trailing blank line): nothing is written;
+    # S00010 is "item 10" then "twice" against a stored "twice": two updates in file order.
     again = await _sync(settings, content + b"\n", dataset)
-    assert again == {"rows_read": ROWS + 7, "inserted": 0, "updated": 0, "unchanged": ROWS + 7}
+    assert again == {"rows_read": ROWS + 8, "inserted": 0, "updated": 2, "unchanged": ROWS + 6}
     assert await _records(settings, dataset) == expected

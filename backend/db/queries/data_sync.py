@@ -192,11 +192,26 @@ async def upsert_records(
     conn = await session.connection()
     if conn.dialect.name == "postgresql":
         counts = await _upsert_postgres(
-            conn, dataset, file_id, list(latest.values()), now, probe=mostly_unchanged
+            conn, dataset, file_id, rows, latest, now, probe=mostly_unchanged
         )
     else:
         counts = await _upsert_sqlite(conn, dataset, file_id, rows, latest, now)
     counts.unchanged = len(rows) - counts.inserted - counts.updated
+    return counts
+
+
+def _in_file_order(rows: list[PreparedRow], stored: dict[str, str]) -> Counts:
+    """Inserted and updated rows, each row against the one before it with its key (the
+    stored record, or an earlier row of the batch): a repeated key counts as an update."""
+    known = dict(stored)
+    counts = Counts()
+    for row in rows:
+        previous = known.get(row.key)
+        if previous is None:
+            counts.inserted += 1
+        elif previous != row.row_hash:
+            counts.updated += 1
+        known[row.key] = row.row_hash
     return counts
 
 
@@ -225,15 +240,7 @@ async def _upsert_sqlite(
         )
         stored.update(await cursor.fetchall())
         await cursor.close()
-    known = dict(stored)
-    counts = Counts()
-    for row in rows:
-        previous = known.get(row.key)
-        if previous is None:
-            counts.inserted += 1
-        elif previous != row.row_hash:
-            counts.updated += 1
-        known[row.key] = row.row_hash
+    counts = _in_file_order(rows, stored)
     stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     changed = [
         (dataset, r.key, r.data_json(), r.row_hash, file_id, stamp)
@@ -255,7 +262,8 @@ async def _upsert_postgres(
     conn: AsyncConnection,
     dataset: str,
     file_id: int,
-    rows: list[PreparedRow],
+    batch: list[PreparedRow],
+    latest: dict[str, PreparedRow],
     now: datetime,
     *,
     probe: bool,
@@ -266,12 +274,29 @@ async def _upsert_postgres(
     With ``probe``, only (key, digest) pairs are sent first (two arrays) and looked up,
     one index probe each, and only the rows that differ are encoded and sent: a re-sync of an
     unchanged file then sends no data. Not by default: for a new file the probe is extra
-    work (and ``key = ANY(5,000 keys)`` took 30 ms a batch, more than sending it)."""
+    work (and ``key = ANY(5,000 keys)`` took 30 ms a batch, more than sending it).
+
+    A key repeated in the batch is counted in file order, as on SQLite, against its stored
+    digest, read first (such keys are few); RETURNING counts the others."""
     # asyncpg opens the transaction lazily, on the first statement SQLAlchemy runs; the
     # COPY below must run inside it, or the batch would not commit with its checkpoint.
     await conn.exec_driver_sql("SELECT 1")
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
+    repeated: set[str] = set()
+    counts = Counts()
+    if len(latest) < len(batch):
+        seen: set[str] = set()
+        for row in batch:
+            (repeated if row.key in seen else seen).add(row.key)
+        found = await driver.fetch(
+            "SELECT key, row_hash FROM records WHERE dataset = $1 AND key = ANY($2::text[])",
+            dataset,
+            sorted(repeated),
+        )
+        stored = {r["key"]: r["row_hash"] for r in found}
+        counts = _in_file_order([r for r in batch if r.key in repeated], stored)
+    rows = list(latest.values())
     if probe:
         # LATERAL … LIMIT 1 keeps it one index probe per row, whatever the planner
         # estimates for the arrays (a hash join would read the whole table).
@@ -287,7 +312,7 @@ async def _upsert_postgres(
         wanted = {r["key"] for r in differing}
         rows = [r for r in rows if r.key in wanted]
         if not rows:
-            return Counts()
+            return counts
     await driver.execute(
         "CREATE TEMP TABLE IF NOT EXISTS syncq_staging "
         "(key text, data jsonb, row_hash text) ON COMMIT DELETE ROWS"
@@ -303,13 +328,19 @@ async def _upsert_postgres(
         "row_hash = excluded.row_hash, source_file_id = excluded.source_file_id, "
         "updated_at = excluded.updated_at "
         "WHERE records.row_hash IS DISTINCT FROM excluded.row_hash "
-        "RETURNING (xmax = 0) AS inserted",
+        "RETURNING key, (xmax = 0) AS inserted",
         dataset,
         file_id,
         now,
     )
-    inserted = sum(1 for r in returned if r["inserted"])
-    return Counts(inserted=inserted, updated=len(returned) - inserted)
+    for r in returned:
+        if r["key"] in repeated:
+            continue  # counted above, row by row
+        if r["inserted"]:
+            counts.inserted += 1
+        else:
+            counts.updated += 1
+    return counts
 
 
 async def record_count(session: AsyncSession, *, dataset: str) -> int:
