@@ -1,11 +1,17 @@
-"""Small HTTP helpers the tests read as sentences: submit, then wait for a state."""
+"""Small helpers the tests read as sentences: submit, then wait for a state; register a
+file by running its body in this process."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from typing import Any
 
 import httpx
 
+from backend.config import Settings
+from backend.constants import TaskName
+from backend.runtime.inprocess import run_body
 from tests.support import wait_for
 
 FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -116,3 +122,26 @@ class EventStream:
     def wait_for_state(self, task_id: str, state: str, timeout: float = 30) -> list[str]:
         wait_for(lambda: state in self.states(task_id), timeout, what=f"{state} event")
         return self.states(task_id)
+
+
+async def register_in_process(
+    settings: Settings, content: bytes, dataset: str, keys: tuple[str, ...] = ("sku",)
+) -> int:
+    """Store ``content`` as an upload and run the registration body here; its file id."""
+    uploads = settings.data_dir.resolve() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    path = uploads / f"{uuid.uuid4().hex}.csv"
+    path.write_bytes(content)
+    run = await run_body(
+        TaskName.REGISTER_FILE,
+        {
+            "stored_path": str(path),
+            "original_name": "items.csv",
+            "size": len(content),
+            "checksum": hashlib.sha256(content).hexdigest(),
+            "dataset": dataset,
+            "key_columns": list(keys),
+        },
+        settings=settings,
+    )
+    return int(run.result["file_id"])

@@ -10,7 +10,6 @@ a stalled or partitioned first runner looks like to it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +28,8 @@ from backend.db.models import Record, SyncError, SyncFile
 from backend.db.queries import data_sync as q
 from backend.runtime import ledger
 from backend.runtime.execution import Kind, Outcome, execute
-from backend.runtime.inprocess import run_body
 from backend.runtime.registry import get_spec
+from tests.helpers import register_in_process
 
 ROWS = 6000
 BAD_EVERY = 50  # every 50th row has no key: 120 rejected rows, each must be recorded once
@@ -55,24 +54,8 @@ def _csv() -> bytes:
 
 
 async def _registered(settings: Settings, content: bytes) -> tuple[str, int]:
-    uploads = settings.data_dir.resolve() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    path = uploads / f"{uuid.uuid4().hex}.csv"
-    path.write_bytes(content)
     dataset = f"fence_{uuid.uuid4().hex[:8]}"
-    run = await run_body(
-        TaskName.REGISTER_FILE,
-        {
-            "stored_path": str(path),
-            "original_name": "items.csv",
-            "size": len(content),
-            "checksum": hashlib.sha256(content).hexdigest(),
-            "dataset": dataset,
-            "key_columns": ["sku"],
-        },
-        settings=settings,
-    )
-    return dataset, int(run.result["file_id"])
+    return dataset, await register_in_process(settings, content, dataset)
 
 
 async def _accepted_sync(settings: Settings, file_id: int) -> str:

@@ -95,7 +95,7 @@ def test_what_orjson_refuses_is_still_encoded() -> None:
     for _ in range(300):  # past orjson's nesting limit
         deep = [deep]
     assert json.loads(dumps({"d": deep})) == {"d": deep}
-    assert PreparedRow.of('["1"]', {"d": deep}).data_json() == dumps({"d": deep}).decode()
+    assert PreparedRow('["1"]', "", {"d": deep}).data_json() == dumps({"d": deep}).decode()
 
 
 def test_json_lines_holding_nan_or_infinity_are_rejected_rows(tmp_path: Path) -> None:

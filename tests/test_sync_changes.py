@@ -8,7 +8,6 @@ file order on both. Bodies run in this process
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from typing import Any
@@ -20,6 +19,7 @@ from backend.constants import TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import Record
 from backend.runtime.inprocess import run_body
+from tests.helpers import register_in_process
 
 ROWS = 1000
 
@@ -28,28 +28,8 @@ def _csv(rows: dict[int, str]) -> bytes:
     return ("sku,name\n" + "".join(f"S{k:05d},{v}\n" for k, v in rows.items())).encode()
 
 
-async def _register(settings: Settings, content: bytes, dataset: str) -> int:
-    uploads = settings.data_dir.resolve() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    path = uploads / f"{uuid.uuid4().hex}.csv"
-    path.write_bytes(content)
-    run = await run_body(
-        TaskName.REGISTER_FILE,
-        {
-            "stored_path": str(path),
-            "original_name": "items.csv",
-            "size": len(content),
-            "checksum": hashlib.sha256(content).hexdigest(),
-            "dataset": dataset,
-            "key_columns": ["sku"],
-        },
-        settings=settings,
-    )
-    return int(run.result["file_id"])
-
-
 async def _sync(settings: Settings, content: bytes, dataset: str) -> dict[str, Any]:
-    file_id = await _register(settings, content, dataset)
+    file_id = await register_in_process(settings, content, dataset)
     run = await run_body(TaskName.SYNC_FILE, {"file_id": file_id}, settings=settings)
     return {k: run.result[k] for k in ("rows_read", "inserted", "updated", "unchanged")}
 

@@ -61,14 +61,6 @@ class PreparedRow(NamedTuple):
             return dumps(self.values).decode()
         return dumps(dict(zip(self.columns, self.values, strict=False))).decode()
 
-    @classmethod
-    def of(cls, key: str, data: dict[str, Any]) -> PreparedRow:
-        return cls(key, digest(list(data), list(data.values())), data)
-
-
-def digest(columns: Sequence[str], values: Sequence[Any]) -> str:
-    return xxh3_128_hexdigest(dumps(columns) + dumps(values))
-
 
 def record_key(values: list[str]) -> str:
     """A record's key: its key columns' values (stripped, not empty) as a JSON list. The
