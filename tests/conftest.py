@@ -20,6 +20,7 @@ from backend.db.engine import dispose_engines
 from tests.browser import browser  # noqa: F401  (the Chromium fixture: tests/browser.py)
 from tests.helpers import EventStream
 from tests.support import (
+    RETIRING,
     TOKEN,
     Api,
     Beat,
@@ -80,6 +81,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     server = RedisServer(workdir)
     server.start()
     yield server
+    RETIRING.wait()
     server.kill()
 
 
@@ -196,7 +198,7 @@ def start_worker(
 
     yield start
     for worker in started:
-        worker.stop()
+        RETIRING.add(worker)
 
 
 @pytest.fixture(scope="session")

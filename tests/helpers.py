@@ -3,7 +3,9 @@ file by running its body in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 import uuid
 from typing import Any
 
@@ -72,6 +74,7 @@ class EventStream:
         self.headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         self.params = {"max_seconds": 120, **params}
         self.opened = threading.Event()
+        self.socket: socket.socket | None = None
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         assert self.opened.wait(10), "the event stream did not open"
@@ -86,9 +89,14 @@ class EventStream:
             self.opened.set()
 
     def close(self) -> None:
+        """Shut the socket down: closing the client from this thread would not wake the
+        reader's blocked recv, and each close waited out its join timeout."""
         self.closing = True
-        self.client.close()
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
         self.thread.join(5)
+        self.client.close()
 
     def _follow(self) -> None:
         import json
@@ -98,6 +106,7 @@ class EventStream:
             "GET", "/api/events", params=self.params, headers=self.headers, timeout=130
         ) as response:
             self.status_code = response.status_code
+            self.socket = response.extensions["network_stream"].get_extra_info("socket")
             self.opened.set()
             for line in response.iter_lines():
                 if not line:

@@ -89,16 +89,24 @@ class Process:
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 10) -> None:
-        if not self.alive:
+        self.begin_stop()
+        self.finish_stop(timeout)
+
+    def begin_stop(self) -> None:
+        """SIGTERM to the process and every child it started; do not wait."""
+        if self.alive:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def finish_stop(self, timeout: float = 10) -> None:
+        """Wait for a stop begun earlier; past ``timeout``, kill -9."""
+        if self.proc is None:
             return
-        assert self.proc is not None
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        except ProcessLookupError:
-            pass
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -156,6 +164,31 @@ class Worker(Process):
         super().__init__(args, env, logs / f"worker-{name}.log")
 
 
+class Retiring:
+    """Workers a test has finished with, stopping while the next test starts its own.
+
+    A prefork worker's warm shutdown takes 1.5 s (Celery joins its pool and a timer thread
+    on half-second waits); most tests start a worker, so waiting for each at teardown cost
+    the suite minutes. A retiring worker stops consuming and answering pings as soon as it
+    takes the SIGTERM (its consumer stops first); ``wait`` is called while the next worker
+    boots, and by a test that must see no other worker.
+    """
+
+    def __init__(self) -> None:
+        self.workers: list[Process] = []
+
+    def add(self, worker: Process) -> None:
+        worker.begin_stop()
+        self.workers.append(worker)
+
+    def wait(self, timeout: float = 10) -> None:
+        while self.workers:
+            self.workers.pop().finish_stop(timeout)
+
+
+RETIRING = Retiring()
+
+
 def serving_worker(
     name: str,
     env: dict[str, str],
@@ -164,9 +197,11 @@ def serving_worker(
     concurrency: int = 1,
     pool: str | None = None,
 ) -> Worker:
-    """Start a real Celery worker and return once it beats into the presence set."""
+    """Start a real Celery worker and return once it beats into the presence set (and
+    the workers earlier tests retired have ended)."""
     worker = Worker(name, env, logs, concurrency, pool)
     worker.start()
+    RETIRING.wait()
     members = redis_server.client()
     wait_for(
         lambda: members.zscore("syncq:workers", worker.node) is not None,

@@ -11,7 +11,7 @@ import pytest
 from backend.runtime.hub import READ_BLOCK_MS
 from tests.conftest import OpenEvents, StartWorker
 from tests.helpers import submit, wait_state
-from tests.support import RedisServer, wait_for
+from tests.support import RETIRING, RedisServer, wait_for
 from tests.test_data_sync import csv_bytes, new_dataset, register, sync
 
 
@@ -181,6 +181,7 @@ def test_system_views_show_the_worker_and_the_queues(
 def test_system_views_answer_fast_when_no_worker_does(
     client: httpx.Client, redis_up: RedisServer
 ) -> None:
+    RETIRING.wait()  # the workers of earlier tests have ended
     worker_free_queue_before = client.get("/api/system/queues").json()["queues"]["default"]
     submit(client, "system.noop")
     submit(client, "system.noop")

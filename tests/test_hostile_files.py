@@ -5,9 +5,10 @@ the worker goes on serving.
 
 - A shared-strings bomb, 84 KB that unpacks to 34 MB (1.9 million strings, hundreds of MB
   as Python objects), is refused from the zip's directory before it is opened.
-- A 1.5 KB sheet declaring A1:XFD1048576, its one stray (empty) cell at XFD1048576, reads
-  as the one row it holds: the declared size is not believed, and the million rows it
-  skips cost an empty step each, not 16,384 cells each.
+- A 1.5 KB sheet declaring A1:XFD1048576 (17 billion cells, its one stray empty cell at
+  XFD1048576) is refused for its forged dimension. The same stray cell without the
+  declaration reads as the one row the sheet holds: the million rows it skips cost an
+  empty step each, not 16,384 cells each.
 - A sheet whose rows run past Excel's last fails, where openpyxl would count up to them
   one empty row at a time.
 - With the archive check relaxed, the bomb reaches openpyxl, in a child process whose time
@@ -148,6 +149,11 @@ def declared_a_million_rows() -> bytes:
     return workbook(HEADER_AND_ONE_ROW + stray, dimension="A1:XFD1048576")
 
 
+def a_stray_cell_at_the_last_row() -> bytes:
+    stray = '<row r="1048576"><c r="XFD1048576"/></row>'
+    return workbook(HEADER_AND_ONE_ROW + stray, dimension=None)
+
+
 def rows_past_excel() -> bytes:
     far = '<row r="2147483647"><c r="A2147483647"><v>3</v></c></row>'
     return workbook(HEADER_AND_ONE_ROW + far, dimension=None)
@@ -270,6 +276,26 @@ def test_a_dimension_smaller_than_the_sheet_no_longer_hides_its_rows(tmp_path: P
     assert list(readers.iter_rows(path, info)) == [(2, [1, "apple"])]
 
 
+def test_a_stray_cell_at_the_last_row_costs_an_empty_step_per_skipped_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stray.xlsx"
+    path.write_bytes(a_stray_cell_at_the_last_row())
+    started = time.monotonic()
+    info = readers.inspect(path, "xlsx", XlsxLimits())
+    assert info.columns == ["order_id", "item"]
+    assert list(readers.iter_rows(path, info)) == [(2, [1, "apple"])]
+    assert time.monotonic() - started < 10
+
+
+def test_a_declared_size_past_the_limit_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "declared.xlsx"
+    path.write_bytes(workbook(HEADER_AND_ONE_ROW, dimension="A1:J1000"))
+    assert readers.inspect(path, "xlsx", XlsxLimits()).total_rows == 1
+    with pytest.raises(BadFile, match="declares A1:J1000 \\(10,000 cells\\)"):
+        readers.inspect(path, "xlsx", XlsxLimits(max_unpacked_bytes=9_999))
+
+
 def test_the_limits_default_to_the_settings_defaults() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert XlsxLimits.of(settings) == XlsxLimits()
@@ -280,7 +306,7 @@ def test_the_limits_default_to_the_settings_defaults() -> None:
 
 HOSTILE: dict[str, tuple[Callable[[], bytes], str, str]] = {
     "shared_strings_bomb": (shared_strings_bomb, "FAILURE", "412 times its size"),
-    "declared_a_million_rows": (declared_a_million_rows, "SUCCESS", ""),
+    "declared_a_million_rows": (declared_a_million_rows, "FAILURE", "declares A1:XFD1048576"),
     "rows_past_excel": (rows_past_excel, "FAILURE", "rows past row 1,048,576"),
 }
 

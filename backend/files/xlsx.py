@@ -213,10 +213,12 @@ def _limit_self(limits: XlsxLimits) -> None:
 def convert(path: Path, out: IO[str], limits: XlsxLimits) -> tuple[list[str], int]:
     """Write the first sheet's data rows to ``out``; return its header and the row count.
 
-    Declared dimensions are ignored (``reset_dimensions``): openpyxl would otherwise pad
-    every row to the declared width and add the declared rows, and a wrong dimension (some
-    writers put ``A1`` for any sheet) would cut the real ones short. Rows a sheet skips
-    cost one cheap empty step each, and row numbers cannot pass Excel's last.
+    Declared dimensions are not believed (``reset_dimensions``): openpyxl would otherwise
+    pad every row to the declared width and add the declared rows, and a wrong dimension
+    (some writers put ``A1`` for any sheet) would cut the real ones short. A declared size
+    no workbook within the limits could hold is refused outright, since only a forged file
+    says it. Rows a sheet skips cost one cheap empty step each, and row numbers cannot pass
+    Excel's last.
     """
     check_archive(path, limits)
     from openpyxl import load_workbook
@@ -230,14 +232,15 @@ def convert(path: Path, out: IO[str], limits: XlsxLimits) -> tuple[list[str], in
             raise
         except Exception as exc:  # openpyxl raises whatever its parsers raise
             raise _unreadable(exc) from None
-        return _convert_sheet(workbook, out)
+        return _convert_sheet(workbook, out, limits)
 
 
-def _convert_sheet(workbook: Any, out: IO[str]) -> tuple[list[str], int]:
+def _convert_sheet(workbook: Any, out: IO[str], limits: XlsxLimits) -> tuple[list[str], int]:
     try:
         if not workbook.worksheets:
             raise BadFile("the workbook has no sheets")
         sheet = workbook.worksheets[0]
+        _check_declared_size(sheet, limits)
         sheet.reset_dimensions()
         rows: Iterator[Sequence[Any]] = sheet.iter_rows(values_only=True)
         try:
@@ -259,6 +262,25 @@ def _convert_sheet(workbook: Any, out: IO[str]) -> tuple[list[str], int]:
         return columns, count
     finally:
         workbook.close()
+
+
+def _check_declared_size(sheet: Any, limits: XlsxLimits) -> None:
+    """Refuse a sheet declaring more cells than its unpacked size limit has bytes.
+
+    Every cell a sheet holds costs its XML more than a byte, so no workbook that passed
+    the archive check can hold that many: the declaration (``A1:XFD1048576`` in a 1.5 KB
+    file) is forged, and a forged file is refused with the reason rather than read as
+    whatever it happens to hold.
+    """
+    if None in (sheet.min_row, sheet.min_column, sheet.max_row, sheet.max_column):
+        return  # no <dimension>: nothing declared
+    cells = (sheet.max_row - sheet.min_row + 1) * (sheet.max_column - sheet.min_column + 1)
+    if cells > limits.max_unpacked_bytes:
+        raise BadFile(
+            f"the sheet declares {sheet.calculate_dimension()} ({cells:,} cells); no workbook "
+            f"within the {limits.max_unpacked_bytes:,}-byte unpacked limit can hold that "
+            "many, so the declaration is forged"
+        )
 
 
 def _unreadable(exc: Exception) -> BadFile | MemoryError:
