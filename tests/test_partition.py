@@ -199,3 +199,61 @@ def test_a_partitioned_worker_is_taken_over_and_its_late_writes_are_refused(
         w1.stop()
         w2.stop()
         api.stop()
+
+
+LOCK_HOLDER = """
+import asyncio, sys
+from sqlalchemy import text
+from backend.db.engine import make_engine
+
+async def main() -> None:
+    engine = make_engine(sys.argv[1])
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT v FROM held WHERE id = 1 FOR UPDATE"))
+        print("locked", flush=True)
+        await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+def test_a_session_cut_off_mid_transaction_gives_its_row_locks_back_within_seconds(
+    network: dict[str, Any], tmp_path: Path
+) -> None:
+    """A worker partitioned inside a transaction keeps its row locks until PostgreSQL
+    notices it is gone; without our keepalive settings that is the OS default of two
+    hours, and the recovery sweep re-dispatching its task waited on them (a CI run saw
+    it stuck for a minute)."""
+    hosts: netns.Hosts = network["hosts"]
+    postgres: netns.ServerPostgres = network["postgres"]
+    admin = postgres.url(hosts.server_address).replace("postgresql+asyncpg", "postgresql")
+
+    async def run(sql: str) -> float:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute("SET lock_timeout = '40s'")
+            started = time.monotonic()
+            await conn.execute(sql)
+            return time.monotonic() - started
+        finally:
+            await conn.close()
+
+    asyncio.run(
+        run("CREATE TABLE held (id int PRIMARY KEY, v int); INSERT INTO held VALUES (1, 0)")
+    )
+    link = hosts.links["w1"]
+    holder = netns.InNamespace(
+        link.ns,
+        [sys.executable, "-c", LOCK_HOLDER, postgres.url(link.server_address)],
+        dict(os.environ),
+        network["logs"] / "netns-lock-holder.log",
+    )
+    holder.start()
+    try:
+        wait_for(lambda: "locked" in holder.tail(), 30, what=f"the lock\n{holder.tail()}")
+        link.cut(hosts.server)
+        waited = asyncio.run(run("UPDATE held SET v = v + 1 WHERE id = 1"))
+    finally:
+        link.heal(hosts.server)
+        holder.kill()
+    assert waited < 30, f"the row stayed locked {waited:.0f} s after the cut"
