@@ -13,7 +13,8 @@ the worker goes on serving.
   one empty row at a time.
 - With the archive check relaxed, the bomb reaches openpyxl, in a child process whose time
   limit ends it: the parse stops, not just the wait for it.
-- With Redis down the sync runs in the API process; the bomb fails there just as quickly.
+- With Redis down the sync runs in the API process; the bomb, the forged dimension and the
+  rows past Excel's last fail there just as quickly.
 
 At unit level: the archive check, the reader's memory and time limits, what a normal
 workbook reads as, and no temporary file left behind.
@@ -442,7 +443,7 @@ def test_past_a_relaxed_archive_check_the_time_limit_stops_the_parse_itself(
 
 
 @pytest.mark.slow
-def test_with_redis_down_the_bomb_fails_in_the_api_process_without_growing_it(
+def test_with_redis_down_hostile_workbooks_fail_in_the_api_process_without_growing_it(
     client: httpx.Client, api: Api, redis_up: RedisServer
 ) -> None:
     assert api.proc is not None
@@ -451,7 +452,7 @@ def test_with_redis_down_the_bomb_fails_in_the_api_process_without_growing_it(
     wait_for(lambda: client.get("/health").json()["broker"] == "down", 5, what="broker down")
     _serves_a_normal_sync(client, dataset, 100)
 
-    for kind in ("shared_strings_bomb", "rows_past_excel"):
+    for kind in ("shared_strings_bomb", "declared_a_million_rows", "rows_past_excel"):
         build, state, reason = HOSTILE[kind]
         done, elapsed, rss = _sync_measured(
             client, build(), dataset, f"{kind}.xlsx", {"api": api.proc.pid}
