@@ -20,11 +20,6 @@ ALLOWED_INNER = {
     # Runs in the child process that parses a workbook under its own limits: openpyxl is
     # imported there, never in the worker or the API.
     ("backend.files.xlsx", "convert", "openpyxl"),
-    # Importing Alembic costs every worker and API process 0.13 s of CPU at start (it
-    # registers its operations); only this task, run once per deployment, needs it.
-    ("backend.tasks.system", "init_database", "alembic"),
-    ("backend.tasks.system", "init_database", "alembic.config"),
-    ("backend.tasks.system", "init_database", "alembic.script"),
 }
 
 

@@ -6,6 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
 from backend.constants import Queue, TaskName
 from backend.runtime.context import TaskContext, TransientError
 from backend.runtime.registry import Mode, task
@@ -46,16 +50,7 @@ async def flaky(ctx: TaskContext, transient_failures: int = 1) -> dict[str, Any]
 
 @task(TaskName.INIT_DATABASE, queue=Queue.DATABASE, submittable=True)
 async def init_database(ctx: TaskContext) -> dict[str, Any]:
-    """Run the Alembic migrations to head; running it twice changes nothing.
-
-    Alembic is imported here, not at the top: importing it registers every migration
-    operation, 0.13 s of CPU that every worker and API process paid at start for a task
-    run once per deployment (a tenth of a worker's start; the test suite starts ~200).
-    """
-    from alembic import command
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
+    """Run the Alembic migrations to head; running it twice changes nothing."""
     config = Config(str(ALEMBIC_INI))
     config.attributes["database_url"] = ctx.settings.database_url
     # env.py runs its own event loop; keep it off this one.
