@@ -25,6 +25,22 @@ _engines: dict[tuple[int, str], AsyncEngine] = {}
 _factories: dict[tuple[int, str], async_sessionmaker[Any]] = {}
 
 
+# PostgreSQL notices a client that vanished (a worker partitioned mid-transaction) only
+# when TCP does: by keepalive after the OS default of two hours, or, when its last reply
+# was not yet acknowledged, after ~15 minutes of retransmissions. Meanwhile the session's
+# open transaction keeps its row locks, and the recovery sweep re-dispatching that task
+# waits on them (CI saw a takeover stuck for a minute "updating tuple in task_runs").
+# Keepalive probes after 10 s of silence, every 2 s, three times; unacknowledged data for
+# 16 s: such a session ends ~16 s after its last packet, inside the default 30 s lease. A
+# live client's kernel acknowledges and answers probes however busy its process is.
+DEAD_PEER = {
+    "tcp_user_timeout": "16000",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+}
+
+
 def make_engine(
     url: str,
     *,
@@ -66,22 +82,6 @@ def make_engine(
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan", **DEAD_PEER}},
         **options,
     )
-
-
-# PostgreSQL notices a client that vanished (a worker partitioned mid-transaction) only
-# when TCP does: by keepalive after the OS default of two hours, or, when its last reply
-# was not yet acknowledged, after ~15 minutes of retransmissions. Meanwhile the session's
-# open transaction keeps its row locks, and the recovery sweep re-dispatching that task
-# waits on them (CI saw a takeover stuck for a minute "updating tuple in task_runs").
-# Keepalive probes after 10 s of silence, every 2 s, three times; unacknowledged data for
-# 16 s: such a session ends ~16 s after its last packet, inside the default 30 s lease. A
-# live client's kernel acknowledges and answers probes however busy its process is.
-DEAD_PEER = {
-    "tcp_user_timeout": "16000",
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "2",
-    "tcp_keepalives_count": "3",
-}
 
 
 def make_unpooled_engine(url: str) -> AsyncEngine:
