@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = Runtime(settings, celery)
         app.state.runtime = runtime
         await runtime.start()
+        # What exists now (modules, routes, the app) lives as long as the process: out of
+        # the collector's sight, a full collection scans only what requests made. Under
+        # 100 connections polling, full collections of the whole heap stopped the loop
+        # for 135 to 175 ms every few seconds; frozen, 13 ms.
+        gc.freeze()
         try:
             yield
         finally:

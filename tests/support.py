@@ -231,7 +231,7 @@ class Api(Process):
         args = [
             sys.executable, "-m", "uvicorn", "backend.main:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-            "--workers", str(workers),
+            "--workers", str(workers), "--loop", "asyncio",
         ]  # fmt: skip
         super().__init__(args, env, logs / f"{name}.log")
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
+from celery import Celery
 
-from backend.runtime.hub import READ_BLOCK_MS
+from backend.config import Settings
+from backend.constants import EVENTS_STREAM
+from backend.runtime import hub as hub_module
+from backend.runtime.broker import Broker
+from backend.runtime.hub import READ_BLOCK_MS, EventHub
 from tests.conftest import OpenEvents, StartWorker
 from tests.helpers import submit, wait_state
-from tests.support import RETIRING, RedisServer, wait_for
+from tests.support import RETIRING, TOKEN, RedisServer, wait_for
 from tests.test_data_sync import csv_bytes, new_dataset, register, sync
 
 
@@ -236,3 +244,57 @@ def test_the_throughput_view_counts_every_finish_in_the_ledger_by_minute_and_sta
     )
     assert set(after) <= {"SUCCESS", "FAILURE", "REVOKED"}
     assert client.get("/api/system/throughput", params={"minutes": 61}).status_code == 422
+
+
+async def test_the_hub_reads_the_stream_only_while_someone_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody listening, the API leaves the stream alone (reading every task's events for
+    nobody cost it 7.7 % of its time). The first listener after that misses nothing: a
+    replay reads what the hub never saw from the stream, and live events follow."""
+    monkeypatch.setattr(hub_module, "IDLE_READ_SECONDS", 0.5)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            redis_url=server.url,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+            api_tokens=[TOKEN],
+        )
+        broker = Broker(settings, Celery())
+        assert await broker.probe()
+        hub = EventHub(broker)
+        reader = asyncio.ensure_future(hub.follow())
+        redis_client = server.client()
+
+        def reads() -> int:
+            return int(redis_client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+        def append(task_id: str) -> str:
+            data = json.dumps({"task_id": task_id, "state": "SUCCESS"})
+            return redis_client.xadd(EVENTS_STREAM, {"kind": "task", "data": data}).decode()
+
+        before = append("before")
+        unseen = append("while-nobody-listened")
+        await asyncio.sleep(1.5)
+        assert reads() == 0
+
+        async with hub.listen() as queue:
+            replayed = await hub.replay(before)
+            live = append("live")
+            arrived = await asyncio.wait_for(queue.get(), 5)
+        assert [e.data["task_id"] for e in replayed] == ["while-nobody-listened"]
+        assert [e.id for e in replayed] == [unseen]
+        assert arrived is not None and (arrived.id, arrived.data["task_id"]) == (live, "live")
+
+        await asyncio.sleep(0.5 + READ_BLOCK_MS / 1000 + 0.5)  # the idle minute, shortened
+        idle = reads()
+        await asyncio.sleep(1.5)
+        assert reads() == idle
+
+        reader.cancel()
+        await hub.close()
+        await broker.close()
+    finally:
+        server.kill()

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 
 from backend.config import Settings
@@ -250,25 +251,8 @@ async def test_submissions_are_recorded_whether_or_not_another_process_holds_the
     sessions = get_session_factory(body_settings)
     inserter = ledger.Inserter(sessions)
 
-    def row(task_id: str) -> dict[str, Any]:
-        return {
-            "id": task_id,
-            "name": TaskName.NOOP.value,
-            "queue": "default",
-            "state": "PENDING",
-            "priority": 5,
-            "args": {},
-            "executor": "celery",
-            "attempts": 0,
-            "recoveries": 0,
-            "cancel_requested": False,
-            "idempotency_key": None,
-            "submitted_at": ledger.utcnow(),
-            "dispatched_at": ledger.utcnow(),
-        }
-
     free = str(uuid.uuid4())
-    await inserter.add(row(free))
+    await inserter.add(_pending_run(free))
 
     held = str(uuid.uuid4())
     ticks = 0
@@ -286,15 +270,62 @@ async def test_submissions_are_recorded_whether_or_not_another_process_holds_the
 
         ticker = asyncio.ensure_future(tick())
         started = time.monotonic()
-        await inserter.add(row(held))
+        await inserter.add(_pending_run(held))
         waited = time.monotonic() - started
         ticker.cancel()
         holder.close()
         assert waited >= 0.3  # it did wait for the lock...
         assert ticks >= 10  # ...and the loop ran meanwhile
     else:
-        await inserter.add(row(held))
+        await inserter.add(_pending_run(held))
 
     for task_id in (free, held):
+        recorded = await ledger.get(sessions, task_id)
+        assert recorded is not None and recorded.state == State.PENDING
+
+
+def _pending_run(task_id: str) -> dict[str, Any]:
+    """A ledger row as the API records a no-op submission."""
+    return {
+        "id": task_id,
+        "name": TaskName.NOOP.value,
+        "queue": "default",
+        "state": "PENDING",
+        "priority": 5,
+        "args": {},
+        "executor": "celery",
+        "attempts": 0,
+        "recoveries": 0,
+        "cancel_requested": False,
+        "idempotency_key": None,
+        "submitted_at": ledger.utcnow(),
+        "dispatched_at": ledger.utcnow(),
+    }
+
+
+async def test_a_submission_is_recorded_after_postgresql_dropped_the_pooled_connections(
+    body_settings: Settings,
+) -> None:
+    """The Inserter's PostgreSQL connections skip the pre-ping round trip; a connection the
+    server dropped (a restart, an admin's terminate) costs a second try, not the request."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _postgres
+
+    url = make_url(body_settings.database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("PostgreSQL's pooled connections; SQLite has none to drop")
+    sessions = get_session_factory(body_settings)
+    inserter = ledger.Inserter(sessions)
+    before, after = str(uuid.uuid4()), str(uuid.uuid4())
+    await inserter.add(_pending_run(before))  # the pool now holds a connection
+
+    _postgres(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{url.database}' AND pid <> pg_backend_pid()"
+    )
+    await inserter.add(_pending_run(after))
+
+    for task_id in (before, after):
         recorded = await ledger.get(sessions, task_id)
         assert recorded is not None and recorded.state == State.PENDING

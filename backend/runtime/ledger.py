@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
-from backend.db.engine import get_autocommit_engine, get_nowait_engine, get_read_engine
+from backend.db.engine import get_autocommit_engine, get_insert_engine, get_read_engine
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
 from backend.db.queries import notifications
@@ -107,18 +108,31 @@ class Inserter:
                     _settle(future, None)
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
-        # SQLite: another process holds the write lock for about a millisecond a task.
-        # Looking again every millisecond on the loop gets it sooner than SQLite's own busy
-        # wait, which sleeps 1, 2, 5, 10 ms ... between tries (it cost a submission at one
-        # connection 4 ms, with a worker writing beside it).
-        nowait = get_nowait_engine(_url(self.sessions))  # None: not SQLite
-        if nowait is not None:
+        url = _url(self.sessions)
+        engine = get_insert_engine(url)
+        if url.startswith("sqlite"):
+            # Another process holds the write lock for about a millisecond a task. Looking
+            # again every millisecond on the loop gets it sooner than SQLite's own busy
+            # wait, which sleeps 1, 2, 5, 10 ms ... between tries (it cost a submission at
+            # one connection 4 ms, with a worker writing beside it).
             for _ in range(LOCK_POLLS):
-                if await self._write_if_lock_free(nowait, rows):
+                if await self._write_if_lock_free(engine, rows):
                     return
                 await asyncio.sleep(LOCK_POLL_SECONDS)
-        async with engine_of(self.sessions).begin() as conn:
-            await conn.execute(_INSERT_RUN, rows)
+            async with engine_of(self.sessions).begin() as conn:
+                await conn.execute(_INSERT_RUN, rows)
+            return
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(_INSERT_RUN, rows)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A pooled connection the server dropped (a restart): SQLAlchemy has thrown the
+            # pool's old connections away. Send it again on a new one; should the first try
+            # have committed before its reply was lost, its rows are ours and stay.
+            async with engine.connect() as conn:
+                await conn.execute(_INSERT_RUN_AGAIN, rows)
 
     @staticmethod
     async def _write_if_lock_free(nowait: AsyncEngine, rows: list[dict[str, Any]]) -> bool:
@@ -144,6 +158,7 @@ class Inserter:
 
 
 _INSERT_RUN = insert(TaskRun)
+_INSERT_RUN_AGAIN = pg_insert(TaskRun).on_conflict_do_nothing(index_elements=[TaskRun.id])
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
