@@ -7,7 +7,10 @@ calling ``.delay()``, a Celery task storing with a sync SQLAlchemy session, stat
 phase after the queues of the one before have drained:
 
   * no-op end to end: ``POST /api/tasks {"name": "system.noop"}`` to SUCCESS against raw
-    Celery ``.delay()`` of a bare task on the same worker (benchmarks/bench_submit.py);
+    Celery ``.delay()`` of a bare task on the same worker, twice: ``--tasks`` submitted by
+    10 httpx clients in this process (benchmarks/bench_submit.py), and ``--seconds`` of
+    wrk at 10 connections (the Python client takes a core of its own; wrk does not),
+    against as many raw ``.delay()`` calls as wrk's run finished;
   * for 1, 10 and 100 connections, ``--seconds`` of ``POST
     /api/conversations/<c>-<n>/messages`` over 50 session ids while the worker drains:
     submits/s, latency p50 / p99 / max, non-2xx; then rows stored / (last row stored -
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import httpx
 import redis
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, and_, create_engine, func, select
 
 import backend
 from backend.constants import TaskName
@@ -60,6 +63,8 @@ class Side:
     stored_rate: dict[int, float] = field(default_factory=dict)
     polls: dict[int, WrkResult] = field(default_factory=dict)
     noop_rate: float = 0.0
+    noop_wrk_rate: float = 0.0
+    noop_wrk_tasks: int = 0
 
 
 def syncq_stored(engine: Engine) -> Stored:
@@ -145,6 +150,22 @@ def submit_phase(side: Side, connections: int, seconds: float, drain_timeout: fl
     )
 
 
+def noop_wrk_phase(side: Side, engine: Engine, seconds: float, drain_timeout: float) -> None:
+    """wrk at 10 connections submitting no-ops; the rate is tasks finished / (last finished
+    - start), from the ledger's own times."""
+    start = datetime.now(UTC)
+    run_wrk(f"{side.base_url}/", 10, seconds, [TOKEN, "noop"])
+    wait_drained(side.redis_url, drain_timeout)
+    mine = and_(TaskRun.name == TaskName.NOOP, TaskRun.submitted_at >= start)
+    with engine.connect() as conn:
+        done = conn.scalar(select(func.count()).select_from(TaskRun).where(mine))
+        last = conn.scalar(select(func.max(TaskRun.finished_at)).where(mine))
+    if last is not None and last.tzinfo is None:  # SQLite keeps naive UTC text
+        last = last.replace(tzinfo=UTC)
+    side.noop_wrk_tasks = int(done or 0)
+    side.noop_wrk_rate = side.noop_wrk_tasks / (last - start).total_seconds() if last else 0.0
+
+
 def poll_phase(side: Side, connections: int, seconds: float) -> None:
     url = f"{side.base_url}/api/tasks/{side.finished_task}"
     side.polls[connections] = result = run_wrk(url, connections, seconds, [TOKEN, "get"])
@@ -180,6 +201,11 @@ def report(ours: Side, plain: Side, tasks: int) -> None:
         f"No-op end to end, {tasks} tasks (plain: raw Celery .delay() on the same worker), tasks/s",
         [("10 clients / .delay() loop", ours.noop_rate, plain.noop_rate)],
     )
+    table(
+        f"No-op end to end, wrk 10 connections ({ours.noop_wrk_tasks} tasks; plain: as many "
+        "raw Celery .delay()), tasks/s",
+        [("wrk 10 conn / .delay() loop", ours.noop_wrk_rate, plain.noop_wrk_rate)],
+    )
 
 
 def main() -> None:
@@ -210,6 +236,15 @@ def main() -> None:
         ours.noop_rate = asyncio.run(end_to_end(st.api.base_url, args.tasks))
         wait_drained(st.redis.url, args.drain_timeout)
         plain.noop_rate = raw_celery(st.redis.url, args.tasks)
+        noop_wrk_phase(ours, syncq_engine, args.seconds, args.drain_timeout)
+        plain.noop_wrk_tasks = ours.noop_wrk_tasks
+        plain.noop_wrk_rate = raw_celery(st.redis.url, ours.noop_wrk_tasks)
+        print(
+            f"  no-op: {ours.noop_rate:.1f} / {plain.noop_rate:.1f} tasks/s (httpx clients), "
+            f"{ours.noop_wrk_rate:.1f} / {plain.noop_wrk_rate:.1f} (wrk, "
+            f"{ours.noop_wrk_tasks} tasks)",
+            flush=True,
+        )
         print("submits …", flush=True)
         for connections in args.connections:
             for side in sides:

@@ -2,6 +2,7 @@
 -- Arguments after "--": <token> <mode> [session prefix] [sessions]
 --   mode "post": POST {"role":"user","content":"hello"} to
 --                /api/conversations/<prefix>-<n>/messages, n cycling over <sessions> ids;
+--   mode "noop": POST {"name":"system.noop"} to /api/tasks;
 --   mode "get":  GET the URL's path as it is.
 -- done() prints one JSON line: requests, seconds, non-2xx and socket errors, and latency
 -- p50 / p99 / max / mean in milliseconds.
@@ -14,12 +15,15 @@ function init(args)
   method = args[2]
   prefix = args[3] or prefix
   sessions = tonumber(args[4] or sessions)
-  if method == "post" then
+  if method == "post" or method == "noop" then
     wrk.headers["Content-Type"] = "application/json"
   end
 end
 
 function request()
+  if method == "noop" then
+    return wrk.format("POST", "/api/tasks", nil, '{"name":"system.noop"}')
+  end
   if method ~= "post" then
     return wrk.format("GET", wrk.path)
   end

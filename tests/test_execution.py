@@ -13,12 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from backend.config import Settings
 from backend.constants import State, TaskName
 from backend.db.engine import get_autocommit_engine, get_session_factory
-from backend.db.models import Notification
+from backend.db.models import ConversationMessage, Notification
 from backend.runtime import ledger
 from backend.runtime.execution import Kind, execute
 from backend.runtime.registry import get_spec
@@ -329,3 +329,59 @@ async def test_a_submission_is_recorded_after_postgresql_dropped_the_pooled_conn
     for task_id in (before, after):
         recorded = await ledger.get(sessions, task_id)
         assert recorded is not None and recorded.state == State.PENDING
+
+
+async def test_an_atomic_run_on_a_connection_postgresql_dropped_runs_again_and_finishes(
+    body_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's atomic runs skip the pre-ping on PostgreSQL: a pooled connection the
+    server dropped fails the run's first statement, and the run is done again (leased) on
+    a new connection. The message is saved once and the task ends SUCCESS."""
+    from sqlalchemy.engine import make_url
+
+    from backend.db.engine import get_atomic_engine
+    from tests.conftest import _postgres
+
+    url = make_url(body_settings.database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("PostgreSQL's pooled connections; SQLite has none to drop")
+    atomic = get_atomic_engine(body_settings.database_url)
+    sessions = get_session_factory(body_settings)
+
+    async def run(task_id: str, args: dict[str, Any]) -> Kind:
+        outcome = await execute(
+            get_spec(TaskName.SAVE_CONVERSATION),
+            task_id,
+            args,
+            executor="celery",
+            runner="test",
+            sessions=sessions,
+            settings=body_settings,
+            atomic_engine=atomic,
+        )
+        return outcome.kind
+
+    warm = {"session_id": "dropped", "role": "user", "content": "warm", "received_at": NOW}
+    first = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, warm)
+    assert await run(first, warm) is Kind.SUCCEEDED  # the atomic pool now holds a connection
+
+    _postgres(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{url.database}' AND pid <> pg_backend_pid()"
+    )
+    args = {"session_id": "dropped", "role": "user", "content": "after", "received_at": NOW}
+    task_id = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    with caplog.at_level("INFO", logger="backend.runtime.execution"):
+        assert await run(task_id, args) is Kind.SUCCEEDED
+    assert f"atomic run of {task_id} failed; running it leased" in caplog.text
+
+    done = await ledger.get(sessions, task_id)
+    assert done is not None and (done.state, done.attempts) == (State.SUCCESS, 1)
+    assert done.result["content"] == "after"
+    async with sessions() as session:
+        saved = await session.scalar(
+            select(func.count())
+            .select_from(ConversationMessage)
+            .where(ConversationMessage.session_id == "dropped")
+        )
+    assert saved == 2

@@ -134,10 +134,14 @@ def get_atomic_engine(url: str) -> AsyncEngine:
     only writer in it while it lasts, so on SQLite it calls SQLite on the loop
     (db/sqlite_inline.py): its write lock is held for the statements, not for thread hops.
     A leased run does not: its heartbeat writes beside the body's open transaction, and
-    on one thread that wait would be a deadlock until the busy timeout. Elsewhere (and in
-    the API's local executor, which shares its loop with requests) it is ``get_engine``."""
+    on one thread that wait would be a deadlock until the busy timeout.
+
+    On PostgreSQL it skips the pre-ping, one of a no-op's five round trips: a connection
+    the server dropped fails the run's first statement, which rolls back what was never
+    done, and ``execute`` runs it again the leased way, on a new connection. (The API's
+    local executor shares its loop with requests and uses ``get_engine`` instead.)"""
     if not _is_sqlite(url):
-        return get_engine_for(url)
+        return _cached("atomic", url, lambda: make_engine(url, pre_ping=False))
     return _cached("atomic", url, lambda: make_engine(url, inline=True))
 
 
