@@ -280,6 +280,7 @@ async def test_the_hub_reads_the_stream_only_while_someone_listens(
         await asyncio.sleep(1.5)
         assert reads() == 0
 
+        await hub.wake()
         async with hub.listen() as queue:
             replayed = await hub.replay(before)
             live = append("live")
@@ -292,6 +293,14 @@ async def test_the_hub_reads_the_stream_only_while_someone_listens(
         idle = reads()
         await asyncio.sleep(1.5)
         assert reads() == idle
+
+        # The events route wakes the reader before its response starts; what the client
+        # causes right after (here: before its listener is even registered) still reaches it.
+        await hub.wake()
+        first = append("first-after-idle")
+        async with hub.listen() as queue:
+            arrived = await asyncio.wait_for(queue.get(), 5)
+        assert arrived is not None and arrived.id == first
 
         reader.cancel()
         await hub.close()

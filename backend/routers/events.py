@@ -47,6 +47,7 @@ async def stream_events(
     hub = runtime.hub
     if hub is None:
         raise HTTPException(503, "this process has no event hub")
+    await hub.wake()
 
     def wanted(event: Event) -> bool:
         return task_id is None or event.data.get("task_id") == task_id

@@ -94,16 +94,22 @@ class EventHub:
 
     # -- listeners --------------------------------------------------------------------
 
+    async def wake(self) -> None:
+        """Have the reader running, positioned in the stream, before a client is told its
+        stream is open (call it before the SSE response starts): whatever that client
+        causes from then on is read. A reader positioned only after the response began
+        could take its place after the client's first events and miss them."""
+        self._deserted_at = asyncio.get_running_loop().time()  # no pause meanwhile
+        self._wanted.set()
+        if not self._reading.is_set() and self.broker.up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reading.wait(), READ_BLOCK_MS / 1000)
+
     @contextlib.asynccontextmanager
     async def listen(self) -> AsyncIterator[asyncio.Queue[Event | None]]:
         listener = Listener()
         self._listeners.add(listener)
         self._wanted.set()
-        if not self._reading.is_set() and self.broker.up:
-            # The reader wakes and takes the stream's newest id first, so a replay read after
-            # this ends where live events begin (no gap between them).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reading.wait(), READ_BLOCK_MS / 1000)
         try:
             yield listener.queue
         finally:
