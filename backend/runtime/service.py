@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -124,6 +125,7 @@ class Runtime:
             self.local.announcer = self.announcer
         self._background: set[asyncio.Task[Any]] = set()
         self._final_views: dict[str, tuple[float, StatusView]] = {}
+        self._reads: dict[str, asyncio.Future[StatusView]] = {}
         self._throughput: dict[int, tuple[float, list[tuple[str, str, int]]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -304,6 +306,22 @@ class Runtime:
         kept = self._final_views.get(task_id)
         if kept is not None and kept[0] > now:
             return kept[1]
+        # Polls of one task that arrive while its row is being read share that read: when
+        # a finished task's kept view lapses under 100 polling connections, each of them
+        # would otherwise queue for a pooled connection (PostgreSQL) at the same moment.
+        reading = self._reads.get(task_id)
+        if reading is None:
+            reading = self._reads[task_id] = asyncio.ensure_future(self._read_view(task_id))
+            reading.add_done_callback(partial(self._read_done, task_id))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, task_id: str, reading: asyncio.Future[StatusView]) -> None:
+        self._reads.pop(task_id, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every poll that waited on it has gone
+
+    async def _read_view(self, task_id: str) -> StatusView:
+        now = time.monotonic()
         row = await ledger.status_row(self.sessions, task_id)
         if row is None:
             raise TaskNotFound(task_id)
