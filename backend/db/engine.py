@@ -136,7 +136,8 @@ def get_atomic_engine(url: str) -> AsyncEngine:
     A leased run does not: its heartbeat writes beside the body's open transaction, and
     on one thread that wait would be a deadlock until the busy timeout.
 
-    On PostgreSQL it skips the pre-ping, one of a no-op's five round trips: a connection
+    On PostgreSQL it skips the pre-ping, one of a no-op's six round trips (ping, BEGIN,
+    claim, finish, notification, COMMIT): a connection
     the server dropped fails the run's first statement, which rolls back what was never
     done, and ``execute`` runs it again the leased way, on a new connection. (The API's
     local executor shares its loop with requests and uses ``get_engine`` instead.)"""
@@ -152,9 +153,9 @@ def get_insert_engine(url: str) -> AsyncEngine:
     SQLite: inline, and a writer that does not wait for the lock at all, so it can try to
     take the lock on the API's loop and, when another process holds it, go and wait for
     it on aiosqlite's thread instead: the loop never blocks on the lock, and a free lock
-    costs no hop. PostgreSQL: no pre-ping; the ping and BEGIN/COMMIT were three of a
-    submission's five round trips (1.8 against 0.9 ms an insert, measured), and the
-    Inserter sends a statement that met a dropped connection again, once."""
+    costs no hop. PostgreSQL: no pre-ping; the ping, BEGIN and COMMIT were three of the
+    insert's four round trips (1.8 against 0.9 ms an insert, measured), and the Inserter
+    sends a statement that met a dropped connection again, once."""
     if not _is_sqlite(url):
         return _cached("insert", url, lambda: make_engine(url, autocommit=True, pre_ping=False))
     return _cached("insert", url, lambda: _without_checkpoints(
