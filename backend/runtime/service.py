@@ -318,7 +318,9 @@ class Runtime:
     def _read_done(self, task_id: str, reading: asyncio.Future[StatusView]) -> None:
         self._reads.pop(task_id, None)
         if not reading.cancelled():
-            reading.exception()  # retrieved: every poll that waited on it has gone
+            # Mark its error retrieved: when every poll waiting on it was cancelled (their
+            # clients left), asyncio would log it as never retrieved.
+            reading.exception()
 
     async def _read_view(self, task_id: str) -> StatusView:
         now = time.monotonic()
