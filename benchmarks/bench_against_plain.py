@@ -160,8 +160,6 @@ def noop_wrk_phase(side: Side, engine: Engine, seconds: float, drain_timeout: fl
     with engine.connect() as conn:
         done = conn.scalar(select(func.count()).select_from(TaskRun).where(mine))
         last = conn.scalar(select(func.max(TaskRun.finished_at)).where(mine))
-    if last is not None and last.tzinfo is None:  # SQLite keeps naive UTC text
-        last = last.replace(tzinfo=UTC)
     side.noop_wrk_tasks = int(done or 0)
     side.noop_wrk_rate = side.noop_wrk_tasks / (last - start).total_seconds() if last else 0.0
 

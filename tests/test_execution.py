@@ -26,7 +26,10 @@ from backend.runtime.registry import get_spec
 NOW = "2026-11-24T10:00:00+00:00"
 
 
-async def _run(settings: Settings, name: str, args: dict[str, Any], task_id: str) -> Kind:
+async def _run(
+    settings: Settings, name: str, args: dict[str, Any], task_id: str, **options: Any
+) -> Kind:
+    """One delivery run here; ``options`` go to ``execute`` (``atomic_engine``, ...)."""
     outcome = await execute(
         get_spec(name),
         task_id,
@@ -35,6 +38,7 @@ async def _run(settings: Settings, name: str, args: dict[str, Any], task_id: str
         runner="test",
         sessions=get_session_factory(settings),
         settings=settings,
+        **options,
     )
     return outcome.kind
 
@@ -349,17 +353,9 @@ async def test_an_atomic_run_on_a_connection_postgresql_dropped_runs_again_and_f
     sessions = get_session_factory(body_settings)
 
     async def run(task_id: str, args: dict[str, Any]) -> Kind:
-        outcome = await execute(
-            get_spec(TaskName.SAVE_CONVERSATION),
-            task_id,
-            args,
-            executor="celery",
-            runner="test",
-            sessions=sessions,
-            settings=body_settings,
-            atomic_engine=atomic,
+        return await _run(
+            body_settings, TaskName.SAVE_CONVERSATION, args, task_id, atomic_engine=atomic
         )
-        return outcome.kind
 
     warm = {"session_id": "dropped", "role": "user", "content": "warm", "received_at": NOW}
     first = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, warm)

@@ -13,12 +13,11 @@ from sqlalchemy import event
 
 from backend.config import Settings
 from backend.constants import TaskName
-from backend.db.engine import get_read_engine, get_session_factory
-from backend.runtime import ledger
+from backend.db.engine import get_read_engine
 from backend.runtime.celery_config import create_celery_app
-from backend.runtime.execution import Kind, execute
-from backend.runtime.registry import get_spec
+from backend.runtime.execution import Kind
 from backend.runtime.service import Runtime, TaskNotFound
+from tests.test_execution import _accepted, _run
 
 
 @pytest.fixture
@@ -45,19 +44,10 @@ def counting_reads(settings: Settings) -> Iterator[dict[str, int]]:
         event.remove(engine, "before_cursor_execute", on_execute)
 
 
-async def accepted(settings: Settings) -> str:
-    task_id = str(uuid.uuid4())
-    spec = get_spec(TaskName.NOOP)
-    await ledger.adopt(
-        get_session_factory(settings), task_id=task_id, name=spec.name, queue=spec.queue, args={}
-    )
-    return task_id
-
-
 async def test_polls_of_one_task_arriving_together_share_one_read(
     body_settings: Settings, runtime: Runtime
 ) -> None:
-    task_id = await accepted(body_settings)
+    task_id = await _accepted(body_settings, TaskName.NOOP, {})
 
     with counting_reads(body_settings) as counts:
         views = await asyncio.gather(*(runtime.status_view(task_id) for _ in range(50)))
@@ -71,17 +61,8 @@ async def test_polls_of_one_task_arriving_together_share_one_read(
 async def test_a_finished_tasks_status_is_kept_and_an_unknown_one_is_not_found_by_all(
     body_settings: Settings, runtime: Runtime
 ) -> None:
-    task_id = await accepted(body_settings)
-    outcome = await execute(
-        get_spec(TaskName.NOOP),
-        task_id,
-        {},
-        executor="celery",
-        runner="test",
-        sessions=get_session_factory(body_settings),
-        settings=body_settings,
-    )
-    assert outcome.kind is Kind.SUCCEEDED
+    task_id = await _accepted(body_settings, TaskName.NOOP, {})
+    assert await _run(body_settings, TaskName.NOOP, {}, task_id) is Kind.SUCCEEDED
     with counting_reads(body_settings) as counts:
         for _ in range(3):
             assert (await runtime.status_view(task_id)).row.state == "SUCCESS"
