@@ -12,7 +12,7 @@ from celery import Celery
 
 from tests.conftest import StartWorker
 from tests.helpers import status, submit, wait_final, wait_state
-from tests.support import Api, RedisServer, wait_for
+from tests.support import RETIRING, Api, RedisServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -175,6 +175,7 @@ def test_a_message_taken_by_a_worker_that_died_before_starting_it_is_sent_again(
     """kill -9 between a worker taking a message and claiming its row leaves the row
     PENDING with its message out of every queue (kombu gives it back only after the
     visibility timeout): the sweep notices the silent worker and sends it again."""
+    RETIRING.wait()  # an earlier test's worker, still stopping, must not take the message
     r = redis_up.client()
     task_id = submit(client, "system.noop")["task_id"]
     taken = [k for k in r.scan_iter("default*") if r.delete(k)]  # the worker took it...

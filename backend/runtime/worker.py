@@ -33,6 +33,7 @@ from backend.runtime.broker import Broker
 from backend.runtime.events import Announcer
 from backend.runtime.execution import Kind, execute
 from backend.runtime.registry import TaskSpec, all_specs
+from backend.runtime.stream_writer import StreamWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +65,9 @@ class WorkerProcess:
             loop=loop,
             sessions=get_session_factory(settings),
             atomic_engine=get_atomic_engine(settings.database_url),
-            announcer=Announcer(Broker(settings, app)),
+            announcer=Announcer(
+                StreamWriter(settings.celery_broker_url, settings.broker_publish_timeout)
+            ),
         )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -124,7 +127,9 @@ def _entry(spec: TaskSpec) -> Any:
             )
         )
         if outcome.kind is Kind.SUCCEEDED:
-            return outcome.result
+            # A tracked result lives in the ledger; handing it to Celery too would only
+            # pickle it through the pool's pipe (and repr it for the log) for nobody.
+            return None if spec.tracked else outcome.result
         if outcome.kind is Kind.RETRY:
             raise self.retry(countdown=outcome.countdown, max_retries=None)
         if outcome.kind is Kind.FAILED:
