@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, and_, bindparam, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +21,7 @@ from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Exec
 from backend.db.engine import get_autocommit_engine, get_insert_engine, get_read_engine
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
+from backend.db.prepared import Prepared
 from backend.db.queries import notifications
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -303,6 +304,14 @@ _CLAIM = (
     )
     .returning(TaskRun.attempts, TaskRun.recoveries, TaskRun.submitted_at, TaskRun.started_at)
 )
+_CLAIM_PREPARED = Prepared(_CLAIM)
+
+
+class _ClaimRow(NamedTuple):
+    attempts: int
+    recoveries: int
+    submitted_at: datetime
+    started_at: datetime | None
 
 
 def _claim_params(
@@ -367,7 +376,7 @@ async def claim_in(
     runner: str,
     executor: str,
     lease: timedelta,
-) -> Row[int, int, datetime, datetime | None] | None:
+) -> _ClaimRow | None:
     """``claim`` inside the caller's transaction: the row stays locked (PostgreSQL: the
     row; SQLite: the database) until that transaction ends, so a duplicate delivery waits
     and then finds the run finished, and nobody ever sees it half done. The row's
@@ -376,8 +385,8 @@ async def claim_in(
     params = _claim_params(
         task_id=task_id, token=token, runner=runner, executor=executor, lease=lease
     )
-    claimed = (await conn.execute(_CLAIM, params)).first()
-    return claimed
+    rows = await _CLAIM_PREPARED.rows(conn, params)
+    return _ClaimRow(*rows[0]) if rows else None
 
 
 def _held(task_id: str, token: str) -> Any:
@@ -462,6 +471,12 @@ _FINISH = (
     )
     .returning(TaskRun.id, TaskRun.name)
 )
+_FINISH_PREPARED = Prepared(_FINISH)
+
+
+class _EndedRow(NamedTuple):
+    id: str
+    name: str
 
 
 async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra: Any) -> Ended:
@@ -483,7 +498,7 @@ async def _end_in(conn: AsyncConnection, condition: Any, ending: Ending, **extra
 
 
 async def _ended(
-    conn: AsyncConnection, row: Row[str, str] | None, ending: Ending, now: datetime
+    conn: AsyncConnection, row: Row[str, str] | _EndedRow | None, ending: Ending, now: datetime
 ) -> Ended:
     """The transition took when it returned the row: write its notification beside it."""
     if row is None:
@@ -507,7 +522,8 @@ async def finish_in(conn: AsyncConnection, *, task_id: str, token: str, ending: 
         "error": ending.error,
         "now": now,
     }
-    return await _ended(conn, (await conn.execute(_FINISH, params)).first(), ending, now)
+    rows = await _FINISH_PREPARED.rows(conn, params)
+    return await _ended(conn, _EndedRow(*rows[0]) if rows else None, ending, now)
 
 
 async def finish(sessions: Sessions, *, task_id: str, token: str, ending: Ending) -> Ended:

@@ -1,0 +1,104 @@
+"""The ledger's hot statements run on SQLite's driver directly (db/prepared.py): the rows
+they write and the values they return must be exactly those of SQLAlchemy's ``execute``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.db.engine import make_engine
+from backend.db.models import Notification, TaskRun
+from backend.db.models.base import Base
+from backend.db.prepared import Prepared
+from backend.db.queries import notifications
+from backend.runtime import ledger
+
+SUBMITTED = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two SQLite files, one for each way of running the same statements."""
+    made = []
+    for name in ("prepared", "execute"):
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / name}.db", inline=True)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(
+                TaskRun.__table__.insert(),
+                [{
+                    "id": "t1", "name": "conversation.save_conversation", "queue": "database",
+                    "state": "PENDING", "priority": 5, "args": {"a": 1}, "executor": "celery",
+                    "attempts": 0, "recoveries": 0, "cancel_requested": False,
+                    "submitted_at": SUBMITTED, "dispatched_at": SUBMITTED,
+                }],
+            )  # fmt: skip
+        made.append(engine)
+    yield made[0], made[1]
+    for engine in made:
+        await engine.dispose()
+
+
+async def _run_life(engine: AsyncEngine, prepared: bool) -> tuple[object, object, object]:
+    """Claim, finish and notify one run, by either path; what each step answered."""
+    claim = {
+        "task_id": "t1", "token": "tok", "runner": "w:1", "executor": "celery",
+        "now": SUBMITTED + timedelta(seconds=1), "stale_before": SUBMITTED,
+    }  # fmt: skip
+    finish = {
+        "task_id": "t1", "token": "tok", "state": "SUCCESS",
+        "result": {"text": "héllo 你好", "n": [1, 2.5, None]}, "error": None,
+        "now": SUBMITTED + timedelta(seconds=2),
+    }  # fmt: skip
+    notice = notifications.values_for(
+        task_id="t1", task_name="conversation.save_conversation", state="SUCCESS",
+        error=None, at=SUBMITTED + timedelta(seconds=2),
+    )  # fmt: skip
+    async with engine.connect() as conn, conn.begin():
+        if prepared:
+            claimed = (await ledger._CLAIM_PREPARED.rows(conn, claim))[0]
+            ended = (await ledger._FINISH_PREPARED.rows(conn, finish))[0]
+            recorded = (await Prepared(notifications._RECORD["sqlite"]).rows(conn, notice))[0]
+        else:
+            claimed = tuple((await conn.execute(ledger._CLAIM, claim)).one())
+            ended = tuple((await conn.execute(ledger._FINISH, finish)).one())
+            recorded = tuple((await conn.execute(notifications._RECORD["sqlite"], notice)).one())
+    return claimed, ended, recorded
+
+
+async def test_prepared_statements_write_and_return_what_execute_does(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, slow = engines
+    assert await _run_life(fast, prepared=True) == await _run_life(slow, prepared=False)
+
+    async def stored(engine: AsyncEngine) -> list[object]:
+        async with engine.connect() as conn:
+            runs = (await conn.execute(select(TaskRun.__table__))).all()
+            notes = (await conn.execute(select(Notification.__table__))).all()
+            raw = (await conn.exec_driver_sql("SELECT started_at, result FROM task_runs")).all()
+        return [runs, notes, raw]
+
+    assert await stored(fast) == await stored(slow)
+    runs, _, raw = await stored(fast)
+    assert runs[0].started_at == SUBMITTED + timedelta(seconds=1)
+    assert runs[0].started_at.tzinfo is not None
+    assert raw[0][0] == "2026-11-30 12:00:01.123456"  # SQLAlchemy's own storage format
+
+
+async def test_a_claim_that_matches_nothing_returns_no_row(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    await _run_life(fast, prepared=True)
+    async with fast.connect() as conn, conn.begin():
+        again = await ledger.claim_in(
+            conn, task_id="t1", token="t2", runner="w:2", executor="celery",
+            lease=timedelta(seconds=30),
+        )  # fmt: skip
+    assert again is None
