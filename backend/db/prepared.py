@@ -46,7 +46,9 @@ class Prepared:
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The RETURNING rows, converted as SQLAlchemy would; falls back to ``execute``
         where the driver is not the inline SQLite one."""
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = None
+        if conn.dialect.name == "sqlite":
+            driver = (await conn.get_raw_connection()).driver_connection
         if not isinstance(driver, InlineConnection):
             return [tuple(row) for row in await conn.execute(self.statement, dict(params))]
         compiled = self._compile(conn.dialect)
