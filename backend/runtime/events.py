@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -43,7 +43,18 @@ class TaskEvent:
         return self.state in FINAL_STATES
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: ``dataclasses.asdict`` deep-copies every value, and this runs for
+        # every event of every task (6.5 % of the API's submit in py-spy).
+        return {
+            "task_id": self.task_id,
+            "name": self.name,
+            "state": self.state,
+            "executor": self.executor,
+            "progress": self.progress,
+            "error": self.error,
+            "attempt": self.attempt,
+            "at": self.at,
+        }
 
 
 Item = tuple[str, dict[str, Any]]  # (kind, data): "task" or "notification"

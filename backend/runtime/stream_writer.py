@@ -23,14 +23,19 @@ import redis
 from redis.exceptions import RedisError
 
 from backend.constants import EVENTS_STREAM
-from backend.runtime.broker import APPEND_EVENTS
-from backend.runtime.events import STREAM_MAXLEN, STREAM_TTL_SECONDS, Item, stream_fields
+from backend.runtime.broker import APPEND_EVENTS, event_args
+from backend.runtime.events import Item
 
 log = logging.getLogger(__name__)
 
 
 class StreamWriter:
-    """Appends events to ``syncq:events`` without waiting for Redis (one per process)."""
+    """Appends events to ``syncq:events`` without waiting for Redis (one per process).
+
+    ``timeout`` bounds connecting and each write: a Redis that stopped reading fills the
+    socket's buffer, and then a write waits that long once, fails, and the connection is
+    dropped (the worker passes ``BROKER_PROBE_TIMEOUT``, as the client it replaces had).
+    """
 
     def __init__(self, url: str, timeout: float) -> None:
         self._pool = redis.ConnectionPool.from_url(
@@ -48,13 +53,12 @@ class StreamWriter:
         (the next call connects again)."""
         if not items:
             return True
-        args: list[Any] = [STREAM_MAXLEN, STREAM_TTL_SECONDS]
-        for kind, data in items:
-            args += stream_fields(kind, data).values()
         try:
             connection = self._connected()
             connection.send_packed_command(
-                connection.pack_command("EVAL", APPEND_EVENTS, 1, EVENTS_STREAM, *args),
+                connection.pack_command(
+                    "EVAL", APPEND_EVENTS, 1, EVENTS_STREAM, *event_args(items)
+                ),
                 check_health=False,
             )
         except (RedisError, OSError) as exc:

@@ -66,7 +66,7 @@ class WorkerProcess:
             sessions=get_session_factory(settings),
             atomic_engine=get_atomic_engine(settings.database_url),
             announcer=Announcer(
-                StreamWriter(settings.celery_broker_url, settings.broker_publish_timeout)
+                StreamWriter(settings.celery_broker_url, settings.broker_probe_timeout)
             ),
         )
 
