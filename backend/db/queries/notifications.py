@@ -69,17 +69,14 @@ def _record_statement(insert: Any) -> Any:
 
 # Built once per dialect: it runs in the transaction that ends every task.
 _RECORD = {"postgresql": _record_statement(pg_insert), "sqlite": _record_statement(sqlite_insert)}
-_RECORD_SQLITE = Prepared(_RECORD["sqlite"])
+_RECORDS = {dialect: Prepared(statement) for dialect, statement in _RECORD.items()}
 
 
 async def record_in(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any] | None:
     """Insert on a connection inside the caller's transaction (the one that ends the task);
     the notification as a dict, or None when this (task, state) was already recorded."""
-    if conn.dialect.name == "sqlite":
-        rows = await _RECORD_SQLITE.rows(conn, values)
-        new_id = rows[0][0] if rows else None
-    else:
-        new_id = (await conn.execute(_RECORD[conn.dialect.name], values)).scalar_one_or_none()
+    rows = await _RECORDS[conn.dialect.name].rows(conn, values)
+    new_id = rows[0][0] if rows else None
     if new_id is None:
         return None
     return as_dict(SimpleNamespace(id=new_id, **values))
