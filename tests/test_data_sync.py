@@ -28,6 +28,16 @@ def csv_bytes(rows: int, *, start: int = 0, version: str = "v1", sep: str = ",")
     return ("\n".join(lines) + "\n").encode()
 
 
+def mostly_the_same(rows: int, *, every: int) -> bytes:
+    """``csv_bytes(rows)`` with every ``every``-th row's note changed: a sync of it over
+    the first finds most batches unchanged, so it reads each next batch ahead while the
+    database is asked which rows of this one differ."""
+    lines = csv_bytes(rows).decode().splitlines()
+    for i in range(1, len(lines), every):
+        lines[i] = lines[i].rsplit(",", 1)[0] + ",v2"
+    return ("\n".join(lines) + "\n").encode()
+
+
 def register(
     client: httpx.Client,
     content: bytes,
@@ -342,6 +352,74 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
     assert 0 < count < 40_000
     assert count % 500 == 0  # whole batches only
     assert status(client, task_id)["state"] == "REVOKED"
+
+
+@pytest.mark.slow
+def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    doomed = start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    dataset = new_dataset()
+    first = register(client, csv_bytes(40_000), dataset)
+    wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
+    newer = register(client, mostly_the_same(40_000, every=10), dataset)
+    task_id = sync(client, newer["file_id"])["task_id"]
+    wait_for(
+        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 5_000,
+        60,
+        what="the re-sync to be under way",
+    )
+    doomed.kill()
+    committed = status(client, task_id)["progress"]["current"]
+
+    start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    done = wait_state(client, task_id, "SUCCESS", timeout=120)
+
+    assert done["attempts"] == 2
+    assert committed < 40_000
+    result = {k: done["result"][k] for k in ("rows_read", "inserted", "updated", "unchanged")}
+    assert result == {"rows_read": 40_000, "inserted": 0, "updated": 4_000, "unchanged": 36_000}
+    info = dataset_info(client, dataset)
+    assert info["record_count"] == 40_000
+
+
+@pytest.mark.slow
+def test_a_resync_cancelled_while_reading_ahead_stops_and_the_file_syncs_again_later(
+    client: httpx.Client, start_worker: StartWorker
+) -> None:
+    start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    dataset = new_dataset()
+    first = register(client, csv_bytes(40_000), dataset)
+    wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
+    newer = register(client, mostly_the_same(40_000, every=10), dataset)
+    task_id = sync(client, newer["file_id"])["task_id"]
+    wait_for(
+        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 2_000,
+        60,
+        what="the re-sync to be under way",
+    )
+
+    assert client.delete(f"/api/data-sync/cancel-task/{task_id}").json()["state"] == "REVOKED"
+    wait_for(
+        lambda: (
+            next(
+                f["last_sync_state"]
+                for f in dataset_info(client, dataset)["files"]
+                if f["file_id"] == newer["file_id"]
+            )
+            == "REVOKED"
+        ),
+        20,
+        what="the re-sync to stop",
+    )
+
+    again = wait_state(client, sync(client, newer["file_id"])["task_id"], "SUCCESS", timeout=120)
+    assert again["result"]["rows_read"] == 40_000
+    assert again["result"]["inserted"] == 0
+    # The cancelled run's batches were committed: their changed rows are unchanged now.
+    assert 0 < again["result"]["updated"] < 4_000
+    assert again["result"]["updated"] + again["result"]["unchanged"] == 40_000
+    assert dataset_info(client, dataset)["record_count"] == 40_000
 
 
 def test_a_higher_priority_sync_queued_later_runs_first(

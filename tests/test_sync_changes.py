@@ -1,9 +1,10 @@
 """A newer file over a dataset, batch by batch (issue 14): each row counts once as
 inserted, updated or unchanged, in file order, and the records end as the newer file
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
-asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``);
-on SQLite every batch reads its stored digests first. A key repeated in a batch counts in
-file order on both. Bodies run in this process
+asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``;
+SQLite in one statement, the batch's key and digest pairs as a JSON array joined to the
+records), while the next batch is read; other batches read their stored digests first. A
+key repeated in a batch counts in file order on both. Bodies run in this process
 (backend/runtime/inprocess.py) against a real database, batches of 100 rows."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def record_key(values: list[str]) -> str:
     keyed by; orjson writes a string as ``json.dumps(..., ensure_ascii=False)`` does."""
     try:
         if len(values) == 1:
-            return "[" + orjson.dumps(values[0]).decode() + "]"
+            return orjson.dumps(values).decode()
         return "[" + ", ".join([orjson.dumps(v).decode() for v in values]) + "]"
     except TypeError:  # strings only: orjson refuses nothing but a lone surrogate
         raise NotUnicode() from None
@@ -97,34 +97,38 @@ class RowShape:
         rejected: list[tuple[int, str]] = []
         read = size = 0
         columns, heads, key_at, key_of = self.columns, self.heads, self.key_at, record_key
+        # One key column (the usual case) without a loop; rows made by tuple.__new__, as
+        # PreparedRow(...) runs a Python-level __new__. With the two, a 1,000,000-row CSV
+        # reads, keys and digests in 4.0-4.1 s against the loop before's 4.7-4.8 s (best of 9,
+        # two runs, the worker's collector thresholds).
+        single = key_at[0] if len(key_at) == 1 else -1
+        make = tuple.__new__
         for row_number, row in rows:
             read += 1
-            if isinstance(row, str):
-                rejected.append((row_number, row))
-            elif isinstance(row, list):
+            if isinstance(row, list):
                 width = len(row)
-                keys = [
-                    "" if i >= width or (v := row[i]) is None else str(v).strip() for i in key_at
-                ]
+                if single >= 0:
+                    keys = ["" if single >= width or (v := row[single]) is None else str(v).strip()]
+                else:
+                    keys = [
+                        "" if i >= width or (v := row[i]) is None else str(v).strip()
+                        for i in key_at
+                    ]
                 if width > len(columns):  # neither reader yields one; refused, not a crash
                     wide = f"{width} values, but the header names {len(columns)}"
                     rejected.append((row_number, wide))
                 elif all(keys):
                     try:
                         encoded = dumps(row)
-                        good.append(
-                            PreparedRow(
-                                key_of(keys),
-                                xxh3_128_hexdigest(heads[width] + encoded),
-                                row,
-                                columns,
-                            )
-                        )
+                        digest = xxh3_128_hexdigest(heads[width] + encoded)
+                        good.append(make(PreparedRow, (key_of(keys), digest, row, columns)))
                         size += len(encoded)
                     except NotUnicode as exc:
                         rejected.append((row_number, str(exc)))
                 else:
                     rejected.append((row_number, self._missing(keys)))
+            elif isinstance(row, str):
+                rejected.append((row_number, row))
             else:
                 keys = ["" if (v := row.get(k)) is None else str(v).strip() for k in self.keys]
                 if all(keys):

@@ -22,7 +22,7 @@ from backend.constants import COLUMN_PATTERN, DATASET_PATTERN, Queue, State, Tas
 from backend.db.models import SyncError, SyncFile
 from backend.db.models.base import utcnow
 from backend.db.queries import data_sync as q
-from backend.db.rows import RowShape
+from backend.db.rows import Batch, RowShape
 from backend.files import readers, storage
 from backend.files.readers import BadFile
 from backend.runtime import metrics
@@ -293,40 +293,61 @@ async def _sync(
     if done:
         await asyncio.to_thread(_skip, rows, done)  # resume after the last committed batch
         await ctx.progress(done, info.total_rows, f"resumed after row {done}")
-    while True:
-        await ctx.checkpoint()
-        read, good, rejected = await asyncio.to_thread(
-            shape.next_batch, rows, batch_size, ctx.settings.sync_batch_bytes
-        )
-        if not read:
-            break
-        async with ctx.session() as session, session.begin():
-            batch_counts = await q.upsert_records(
-                session,
-                dataset=f.dataset,
-                file_id=f.id,
-                rows=good,
-                now=utcnow(),
-                mostly_unchanged=mostly_unchanged,
+
+    def read_batch() -> Batch:
+        return shape.next_batch(rows, batch_size, ctx.settings.sync_batch_bytes)
+
+    # While a mostly-unchanged batch is looked up (index probes inside SQLite or
+    # PostgreSQL, without the GIL), the next one is read, keyed and digested in a thread.
+    ahead: asyncio.Future[Batch] | None = None
+    try:
+        while True:
+            await ctx.checkpoint()
+            if ahead is None:
+                batch = await asyncio.to_thread(read_batch)
+            else:
+                batch, ahead = await ahead, None
+            read, good, rejected = batch
+            if not read:
+                break
+            if mostly_unchanged:
+                ahead = asyncio.ensure_future(asyncio.to_thread(read_batch))
+            async with ctx.session() as session, session.begin():
+                batch_counts = await q.upsert_records(
+                    session,
+                    dataset=f.dataset,
+                    file_id=f.id,
+                    rows=good,
+                    now=utcnow(),
+                    mostly_unchanged=mostly_unchanged,
+                )
+                await q.add_errors(session, file_id=f.id, task_id=ctx.task_id, errors=rejected)
+                batch_counts.read, batch_counts.rejected = read, len(rejected)
+                counts.add(batch_counts)
+                done += read
+                await q.save_checkpoint(
+                    session, task_id=ctx.task_id, file_id=f.id, rows_done=done, counts=counts
+                )
+                await ctx.hold(session)
+            metrics.rows_synced(batch_counts.as_dict())  # committed: counted once
+            # A re-sync of an unchanged file: from its second batch on, the database is
+            # asked which rows differ before any is sent (q.upsert_records), and the next
+            # batch is read meanwhile.
+            mostly_unchanged = batch_counts.unchanged * 2 > len(good)
+            await ctx.progress(
+                done,
+                max(info.total_rows, done),
+                f"{counts.inserted} inserted, {counts.updated} updated, "
+                f"{counts.unchanged} unchanged, {counts.rejected} rejected",
             )
-            await q.add_errors(session, file_id=f.id, task_id=ctx.task_id, errors=rejected)
-            batch_counts.read, batch_counts.rejected = read, len(rejected)
-            counts.add(batch_counts)
-            done += read
-            await q.save_checkpoint(
-                session, task_id=ctx.task_id, file_id=f.id, rows_done=done, counts=counts
-            )
-            await ctx.hold(session)
-        metrics.rows_synced(batch_counts.as_dict())  # committed: counted once
-        # A re-sync of an unchanged file: from its second batch on, PostgreSQL is asked
-        # which rows differ before any is sent (q.upsert_records).
-        mostly_unchanged = batch_counts.unchanged * 2 > len(good)
-        await ctx.progress(
-            done,
-            max(info.total_rows, done),
-            f"{counts.inserted} inserted, {counts.updated} updated, "
-            f"{counts.unchanged} unchanged, {counts.rejected} rejected",
-        )
+    finally:
+        if ahead is not None:
+            # Leaving early (cancelled, a failed batch): the thread still holds the file's
+            # reader; let it finish, and drop what it read (the checkpoint says where the
+            # next run starts).
+            await asyncio.wait([ahead])
+            if not ahead.cancelled():
+                ahead.exception()
     async with ctx.session() as session, session.begin():
         await q.set_file_state(
             session, file_id=f.id, state=State.SUCCESS, task_id=ctx.task_id, counts=counts

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -195,7 +196,9 @@ async def upsert_records(
             conn, dataset, file_id, rows, latest, now, probe=mostly_unchanged
         )
     else:
-        counts = await _upsert_sqlite(conn, dataset, file_id, rows, latest, now)
+        counts = await _upsert_sqlite(
+            conn, dataset, file_id, rows, latest, now, probe=mostly_unchanged
+        )
     counts.unchanged = len(rows) - counts.inserted - counts.updated
     return counts
 
@@ -215,6 +218,15 @@ def _in_file_order(rows: list[PreparedRow], stored: dict[str, str]) -> Counts:
     return counts
 
 
+UPSERT_SQLITE = (
+    "INSERT INTO records (dataset, key, data, row_hash, source_file_id, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset, key) DO UPDATE SET "
+    "data = excluded.data, row_hash = excluded.row_hash, "
+    "source_file_id = excluded.source_file_id, updated_at = excluded.updated_at "
+    "WHERE records.row_hash != excluded.row_hash"
+)
+
+
 async def _upsert_sqlite(
     conn: AsyncConnection,
     dataset: str,
@@ -222,13 +234,50 @@ async def _upsert_sqlite(
     rows: list[PreparedRow],
     latest: dict[str, PreparedRow],
     now: datetime,
+    *,
+    probe: bool = False,
 ) -> Counts:
     """The stored digests of the batch's keys are read first: they classify each row in
     file order (a key repeated in the batch counts as an update), and only the rows whose
     digest differs are encoded and written; a re-sync of an unchanged file writes nothing.
-    """
+
+    With ``probe`` (the batch before was mostly unchanged) and no key repeated, the batch's
+    (key, digest) pairs go in as one JSON array, joined to the records in SQLite, and only
+    the keys that differ come back: per 1,000,000 unchanged rows 2.9-3.6 s against
+    3.5-3.9 s for ``IN`` lists compared in Python, and the work happens inside SQLite,
+    without the GIL, while the sync reads the next batch in a thread. Not by default: for
+    new keys it is the slower (1.38 s against 0.41 s per 300,000).
+    ``json_extract``, not ``->>``: the same speed, and SQLite before 3.38 has it too."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if probe and len(latest) == len(rows):
+        cursor = await driver.execute(
+            "SELECT json_extract(p.value, '$[0]'), r.row_hash IS NULL FROM json_each(?) AS p "
+            "LEFT JOIN records AS r "
+            "ON r.dataset = ? AND r.key = json_extract(p.value, '$[0]') "
+            "WHERE r.row_hash IS NOT json_extract(p.value, '$[1]')",
+            [orjson.dumps([(r.key, r.row_hash) for r in rows]).decode(), dataset],
+        )
+        differing = await cursor.fetchall()
+        await cursor.close()
+        counts = Counts()
+        for _, new in differing:
+            if new:
+                counts.inserted += 1
+            else:
+                counts.updated += 1
+        if differing:
+            wanted = {k for k, _ in differing}
+            await driver.executemany(
+                UPSERT_SQLITE,
+                [
+                    (dataset, r.key, r.data_json(), r.row_hash, file_id, stamp)
+                    for r in rows
+                    if r.key in wanted
+                ],
+            )
+        return counts
     stored: dict[str, str] = {}
     keys = list(latest)
     for i in range(0, len(keys), IN_CHUNK):
@@ -241,20 +290,12 @@ async def _upsert_sqlite(
         stored.update(await cursor.fetchall())
         await cursor.close()
     counts = _in_file_order(rows, stored)
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     changed = [
         (dataset, r.key, r.data_json(), r.row_hash, file_id, stamp)
         for r in latest.values()
         if stored.get(r.key) != r.row_hash
     ]
-    await driver.executemany(
-        "INSERT INTO records (dataset, key, data, row_hash, source_file_id, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset, key) DO UPDATE SET "
-        "data = excluded.data, row_hash = excluded.row_hash, "
-        "source_file_id = excluded.source_file_id, updated_at = excluded.updated_at "
-        "WHERE records.row_hash != excluded.row_hash",
-        changed,
-    )
+    await driver.executemany(UPSERT_SQLITE, changed)
     return counts
 
 
