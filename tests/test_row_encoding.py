@@ -111,6 +111,29 @@ def test_json_lines_holding_nan_or_infinity_are_rejected_rows(tmp_path: Path) ->
     assert rows[3] == (4, {"id": 4})
 
 
+def test_json_lines_read_exactly_as_json_reads_them_even_where_orjson_would_not(
+    tmp_path: Path,
+) -> None:
+    """Lines are read by orjson where it agrees with json: a number past 64 bits stays an
+    exact integer, 1e400 is json's infinity, a duplicate key keeps its last value, and a
+    lone surrogate's escape still reaches the row's check."""
+    lines = [
+        '{"id": 1, "big": 123456789012345678901234567890, "neg": -9223372036854775809}',
+        '{"id": 2, "x": 1e400, "y": -0.0, "z": 18446744073709551615}',
+        '{"id": 3, "a": 1, "a": 2, "note": "\\u00e9 \\u0000 \\/"}',
+        '{"id": 4, "s": "\\ud800"}',
+        '{"id": 5, "n": [1, {"b": null}], "f": 1.1000000000000001, "e": 1E2}',
+        '{"id": "1234567890123456789012"}',
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rows = list(readers.iter_rows(path, readers.inspect(path, "jsonl")))
+    assert rows == [(n, json.loads(line)) for n, line in enumerate(lines, 1)]
+    assert type(rows[0][1]["big"]) is int  # type: ignore[index]
+    batch = RowShape([], ["id"]).next_batch(iter(rows), 10)
+    assert [n for n, _ in batch.rejected] == [4]  # the lone surrogate
+
+
 def test_a_batch_ends_at_its_row_count_or_its_byte_budget_whichever_comes_first() -> None:
     wide = "x" * 1000
     rows = iter([(n, [str(n), wide]) for n in range(2, 102)])
