@@ -358,11 +358,11 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
 def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
     client: httpx.Client, start_worker: StartWorker
 ) -> None:
-    doomed = start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    doomed = start_worker(env={"SYNC_BATCH_SIZE": "100"})
     dataset = new_dataset()
-    first = register(client, csv_bytes(40_000), dataset)
+    first = register(client, csv_bytes(60_000), dataset)
     wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
-    newer = register(client, mostly_the_same(40_000, every=10), dataset)
+    newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
     wait_for(
         lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 5_000,
@@ -372,26 +372,25 @@ def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
     doomed.kill()
     committed = status(client, task_id)["progress"]["current"]
 
-    start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    start_worker(env={"SYNC_BATCH_SIZE": "100"})
     done = wait_state(client, task_id, "SUCCESS", timeout=120)
 
     assert done["attempts"] == 2
-    assert committed < 40_000
+    assert committed < 60_000
     result = {k: done["result"][k] for k in ("rows_read", "inserted", "updated", "unchanged")}
-    assert result == {"rows_read": 40_000, "inserted": 0, "updated": 4_000, "unchanged": 36_000}
-    info = dataset_info(client, dataset)
-    assert info["record_count"] == 40_000
+    assert result == {"rows_read": 60_000, "inserted": 0, "updated": 6_000, "unchanged": 54_000}
+    assert dataset_info(client, dataset)["record_count"] == 60_000
 
 
 @pytest.mark.slow
 def test_a_resync_cancelled_while_reading_ahead_stops_and_the_file_syncs_again_later(
     client: httpx.Client, start_worker: StartWorker
 ) -> None:
-    start_worker(env={"SYNC_BATCH_SIZE": "200"})
+    start_worker(env={"SYNC_BATCH_SIZE": "100"})
     dataset = new_dataset()
-    first = register(client, csv_bytes(40_000), dataset)
+    first = register(client, csv_bytes(60_000), dataset)
     wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
-    newer = register(client, mostly_the_same(40_000, every=10), dataset)
+    newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
     wait_for(
         lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 2_000,
@@ -414,12 +413,12 @@ def test_a_resync_cancelled_while_reading_ahead_stops_and_the_file_syncs_again_l
     )
 
     again = wait_state(client, sync(client, newer["file_id"])["task_id"], "SUCCESS", timeout=120)
-    assert again["result"]["rows_read"] == 40_000
+    assert again["result"]["rows_read"] == 60_000
     assert again["result"]["inserted"] == 0
     # The cancelled run's batches were committed: their changed rows are unchanged now.
-    assert 0 < again["result"]["updated"] < 4_000
-    assert again["result"]["updated"] + again["result"]["unchanged"] == 40_000
-    assert dataset_info(client, dataset)["record_count"] == 40_000
+    assert 0 < again["result"]["updated"] < 6_000
+    assert again["result"]["updated"] + again["result"]["unchanged"] == 60_000
+    assert dataset_info(client, dataset)["record_count"] == 60_000
 
 
 def test_a_higher_priority_sync_queued_later_runs_first(

@@ -114,24 +114,41 @@ def test_json_lines_holding_nan_or_infinity_are_rejected_rows(tmp_path: Path) ->
 def test_json_lines_read_exactly_as_json_reads_them_even_where_orjson_would_not(
     tmp_path: Path,
 ) -> None:
-    """Lines are read by orjson where it agrees with json: a number past 64 bits stays an
-    exact integer, 1e400 is json's infinity, a duplicate key keeps its last value, and a
-    lone surrogate's escape still reaches the row's check."""
+    """Lines are read by orjson where it agrees with json, and by json elsewhere: a number
+    past 64 bits stays an exact integer (at the top or nested), -0 stays the integer 0,
+    1e400 is json's infinity, a duplicate key keeps its last value, nesting past orjson's
+    writer is still read and stored, past json's reader still rejected, and a lone
+    surrogate's escape still reaches the row's check. Compared by ``repr``: 0, 0.0, -0.0
+    and False are all equal under ``==``."""
+    deep, deeper = "[" * 300 + "]" * 300, "[" * 2000 + "]" * 2000
     lines = [
         '{"id": 1, "big": 123456789012345678901234567890, "neg": -9223372036854775809}',
-        '{"id": 2, "x": 1e400, "y": -0.0, "z": 18446744073709551615}',
+        '{"id": 2, "x": 1e400, "y": -0.0, "z": 18446744073709551615, "w": 1e-400}',
         '{"id": 3, "a": 1, "a": 2, "note": "\\u00e9 \\u0000 \\/"}',
         '{"id": 4, "s": "\\ud800"}',
-        '{"id": 5, "n": [1, {"b": null}], "f": 1.1000000000000001, "e": 1E2}',
-        '{"id": "1234567890123456789012"}',
+        '{"id": 5, "n": [1, {"b": null}], "f": 1.1000000000000001, "e": 1E2, "m": -0}',
+        '{"id": "1234567890123456789012", "l": [1.5, [18446744073709551616], -0]}',
+        '{"id": 7, "t": true, "u": false, "v": 1.0, "i": 9223372036854775807}',
+        '{"id": 8, "deep": ' + deep + "}",
     ]
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join([*lines, '{"id": 9, "deeper": ' + deeper + "}"]) + "\n")
     rows = list(readers.iter_rows(path, readers.inspect(path, "jsonl")))
-    assert rows == [(n, json.loads(line)) for n, line in enumerate(lines, 1)]
-    assert type(rows[0][1]["big"]) is int  # type: ignore[index]
-    batch = RowShape([], ["id"]).next_batch(iter(rows), 10)
+    assert repr(rows[:-1]) == repr([(n, json.loads(line)) for n, line in enumerate(lines, 1)])
+    assert rows[-1][0] == 9 and "nested too deeply" in str(rows[-1][1])
+    batch = RowShape([], ["id"]).next_batch(iter(rows[:-1]), 10)
     assert [n for n, _ in batch.rejected] == [4]  # the lone surrogate
+    stored = next(r for r in batch.rows if r.key == '["8"]')
+    assert json.loads(stored.data_json()) == json.loads(lines[7])
+
+
+def test_a_row_nested_too_deeply_to_store_is_rejected_not_a_failed_sync() -> None:
+    deep: list[object] = []
+    for _ in range(50_000):
+        deep = [deep]
+    batch = RowShape([], ["id"]).next_batch(iter([(2, {"id": 1, "d": deep}), (3, {"id": 2})]), 10)
+    assert batch.rejected == [(2, "the row is nested too deeply to store")]
+    assert [r.key for r in batch.rows] == ['["2"]']
 
 
 def test_a_batch_ends_at_its_row_count_or_its_byte_budget_whichever_comes_first() -> None:

@@ -54,24 +54,28 @@ async def test_a_newer_file_counts_each_row_once_and_leaves_the_records_as_it_sa
     }  # fmt: skip
 
     # Mostly the same file: a few rows changed, in the first batch and in late ones (after
-    # unchanged batches), a few new keys at the end, and S00010 a second time in the first
-    # batch, changed: in file order that is one more update, on both databases.
+    # unchanged batches), a few new keys at the end, and a key a second time, changed, in
+    # the first batch (S00010) and in a batch after mostly-unchanged ones (S00420, which
+    # changed once already): in file order each is one more update, on both databases.
     newer = dict(first)
     for k in (3, 150, 420, 421, 999):
         newer[k] = f"changed {k}"
     for k in range(ROWS, ROWS + 7):
         newer[k] = f"new {k}"
     lines = _csv(newer).decode().splitlines(keepends=True)
-    content = "".join([*lines[:51], "S00010,twice\n", *lines[51:]]).encode()
+    content = "".join(
+        [*lines[:51], "S00010,twice\n", *lines[51:432], "S00420,twice 420\n", *lines[432:]]
+    ).encode()
     assert await _sync(settings, content, dataset) == {
-        "rows_read": ROWS + 8, "inserted": 7, "updated": 6, "unchanged": ROWS - 5,
+        "rows_read": ROWS + 9, "inserted": 7, "updated": 7, "unchanged": ROWS - 5,
     }  # fmt: skip
-    newer[10] = "twice"
+    newer[10], newer[420] = "twice", "twice 420"
     expected = {f"S{k:05d}": v for k, v in newer.items()}
     assert await _records(settings, dataset) == expected
 
     # The same rows again, as another file (a trailing blank line): nothing is written;
-    # S00010 is "item 10" then "twice" against a stored "twice": two updates in file order.
+    # S00010 is "item 10" then "twice" against a stored "twice": two updates in file order,
+    # and S00420 two more.
     again = await _sync(settings, content + b"\n", dataset)
-    assert again == {"rows_read": ROWS + 8, "inserted": 0, "updated": 2, "unchanged": ROWS + 6}
+    assert again == {"rows_read": ROWS + 9, "inserted": 0, "updated": 4, "unchanged": ROWS + 5}
     assert await _records(settings, dataset) == expected

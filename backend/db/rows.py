@@ -26,7 +26,21 @@ Values = list[Any] | dict[str, Any]
 Read = tuple[int, Values | str]  # (row number, the row or why it cannot be read)
 
 
-class NotUnicode(ValueError):
+class Unstorable(ValueError):
+    """A row no database can store as JSON: rejected with its row number, not a failed
+    sync."""
+
+
+class TooDeep(Unstorable):
+    """Nested past what ``json`` can write (orjson stops at 255 levels, json at Python's
+    recursion limit): a JSON line deeper than json can read was always rejected by the
+    reader; one a little shallower could still fail here."""
+
+    def __str__(self) -> str:
+        return "the row is nested too deeply to store"
+
+
+class NotUnicode(Unstorable):
     """A value holds a lone surrogate (an escape in a JSON line, a cell of a workbook): no
     database stores it as JSON text (PostgreSQL's jsonb refuses even the escape), so the
     row is rejected, the same way on both."""
@@ -39,7 +53,10 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        text = json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+        try:
+            text = json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+        except RecursionError:
+            raise TooDeep() from None
         try:
             return text.encode()
         except UnicodeEncodeError:
@@ -123,7 +140,7 @@ class RowShape:
                         digest = xxh3_128_hexdigest(heads[width] + encoded)
                         good.append(make(PreparedRow, (key_of(keys), digest, row, columns)))
                         size += len(encoded)
-                    except NotUnicode as exc:
+                    except Unstorable as exc:
                         rejected.append((row_number, str(exc)))
                 else:
                     rejected.append((row_number, self._missing(keys)))
@@ -136,7 +153,7 @@ class RowShape:
                         encoded = dumps(list(row)) + dumps(list(row.values()))
                         good.append(PreparedRow(key_of(keys), xxh3_128_hexdigest(encoded), row))
                         size += len(encoded)
-                    except NotUnicode as exc:
+                    except Unstorable as exc:
                         rejected.append((row_number, str(exc)))
                 else:
                     rejected.append((row_number, self._missing(keys)))

@@ -74,24 +74,32 @@ _JSON_LINE = json.JSONDecoder(parse_constant=_not_json)
 # orjson makes an integer past 64 bits a float; json keeps it whole.
 _LONG_NUMBER = re.compile(r"[0-9]{19}")
 _EXACT = frozenset({str, int, bool, type(None)})
+# orjson reads 1,024 levels of nesting, json about 990 (Python's recursion limit): a line
+# with this many brackets goes to json, which rejects it or reads it as before.
+_MANY_BRACKETS = 255
+# Built on serde_json rather than yyjson, orjson reads -0 as a float (json: the integer 0).
+_FLOATS_AS_JSON = type(orjson.loads("-0")) is int
 
 
 def _json_line(line: str) -> Any:
     """A line's value as ``json`` reads it, by orjson where the two agree: bench_sync.py's
-    ten-key lines, this check included, 5.4-6.0 s per 1,000,000 against json's 8.5-9.2
-    (200,000 lines in a loop, three runs).
-    What orjson refuses (bad JSON, NaN, a lone surrogate's escape, 1e400, nesting past its
-    limit) goes to json, whose value or error message the row then gets, as before. A value
-    orjson read as a float or a container might hold a 64-bit overflow made float: such a
-    line is read again by json when it has 19 digits in a row (a regular expression over
-    every line cost 3 us, more than orjson saved; the type check costs 0.5 us)."""
+    ten-key lines, this function's checks included, 5.4-6.0 s per 1,000,000 against json's
+    8.5-9.2 s (200,000 lines in a loop, three runs on a slow day of this VM).
+
+    What orjson refuses (bad JSON, NaN, a lone surrogate's escape, 1e400) goes to json,
+    whose value or error message the row then gets, as before; so does a line with many
+    brackets. A value orjson read as a float or a container might hold a 64-bit overflow
+    made float: such a line is read again by json when it has 19 digits in a row (that
+    search on every line cost 3 us, more than orjson saved; the type check costs 0.5)."""
+    if line.count("[") + line.count("{") > _MANY_BRACKETS:
+        return _JSON_LINE.decode(line)
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return _JSON_LINE.decode(line)
     if type(value) is dict and _EXACT.issuperset(map(type, value.values())):
         return value
-    if _LONG_NUMBER.search(line) is None:
+    if _FLOATS_AS_JSON and _LONG_NUMBER.search(line) is None:
         return value
     return _JSON_LINE.decode(line)
 

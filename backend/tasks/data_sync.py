@@ -306,7 +306,10 @@ async def _sync(
             if ahead is None:
                 batch = await asyncio.to_thread(read_batch)
             else:
-                batch, ahead = await ahead, None
+                # Shielded: a cancelled body must not cancel the read, which goes on in
+                # its thread whatever happens; the finally below waits for it.
+                batch = await asyncio.shield(ahead)
+                ahead = None
             read, good, rejected = batch
             if not read:
                 break

@@ -181,8 +181,8 @@ async def upsert_records(
 ) -> Counts:
     """Upsert one batch keyed by (dataset, key) inside the caller's transaction; a key
     repeated in the batch: the last row wins; an unchanged row is not written at all.
-    ``mostly_unchanged`` (the batch before was): on PostgreSQL, find the changed rows
-    first and send only those.
+    ``mostly_unchanged`` (the batch before was): ask the database which rows differ
+    first (SQLite and PostgreSQL each their own way, below) and send only those.
 
     This is the hot path of a sync, so it talks to the driver directly: SQLAlchemy's
     per-row parameter processing cost more than the database's own work (measured).
@@ -227,6 +227,14 @@ UPSERT_SQLITE = (
 )
 
 
+# The batch's (key, digest) pairs as a JSON array: the keys that are new (1) or differ (0).
+PROBE_SQLITE = (
+    "SELECT json_extract(p.value, '$[0]'), r.id IS NULL FROM json_each(?) AS p "
+    "LEFT JOIN records AS r ON r.dataset = ? AND r.key = json_extract(p.value, '$[0]') "
+    "WHERE r.row_hash IS NOT json_extract(p.value, '$[1]')"
+)
+
+
 async def _upsert_sqlite(
     conn: AsyncConnection,
     dataset: str,
@@ -253,10 +261,7 @@ async def _upsert_sqlite(
     stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     if probe and len(latest) == len(rows):
         cursor = await driver.execute(
-            "SELECT json_extract(p.value, '$[0]'), r.row_hash IS NULL FROM json_each(?) AS p "
-            "LEFT JOIN records AS r "
-            "ON r.dataset = ? AND r.key = json_extract(p.value, '$[0]') "
-            "WHERE r.row_hash IS NOT json_extract(p.value, '$[1]')",
+            PROBE_SQLITE,
             [orjson.dumps([(r.key, r.row_hash) for r in rows]).decode(), dataset],
         )
         differing = await cursor.fetchall()
