@@ -251,10 +251,10 @@ async def _upsert_sqlite(
 
     With ``probe`` (the batch before was mostly unchanged) and no key repeated, the batch's
     (key, digest) pairs go in as one JSON array, joined to the records in SQLite, and only
-    the keys that differ come back: per 1,000,000 unchanged rows 2.9-3.6 s against
-    3.5-3.9 s for ``IN`` lists compared in Python, and the work happens inside SQLite,
-    without the GIL, while the sync reads the next batch in a thread. Not by default: for
-    new keys it is the slower (1.38 s against 0.41 s per 300,000).
+    the keys that differ come back: per 1,000,000 unchanged rows 2.13 s against 2.90 s
+    for ``IN`` lists compared in Python (benchmarks/bench_sqlite_probe.py), and the work
+    happens inside SQLite, without the GIL, while the sync reads the next batch in a
+    thread. Not by default: for new keys it is the slower (3.31 s against 1.09 s).
     ``json_extract``, not ``->>``: the same speed, and SQLite before 3.38 has it too."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
