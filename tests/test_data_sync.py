@@ -38,6 +38,15 @@ def mostly_the_same(rows: int, *, every: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def first_sync(client: httpx.Client, start_worker: StartWorker, dataset: str, rows: int) -> None:
+    """Fill ``dataset`` with ``csv_bytes(rows)`` on a worker of its own, in default batches
+    (quick), and stop that worker."""
+    filler = start_worker()
+    first = register(client, csv_bytes(rows), dataset)
+    wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
+    filler.stop()
+
+
 def register(
     client: httpx.Client,
     content: bytes,
@@ -358,10 +367,9 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
 def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
     client: httpx.Client, start_worker: StartWorker
 ) -> None:
-    doomed = start_worker(env={"SYNC_BATCH_SIZE": "100"})
     dataset = new_dataset()
-    first = register(client, csv_bytes(60_000), dataset)
-    wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
+    first_sync(client, start_worker, dataset, rows=60_000)
+    doomed = start_worker(env={"SYNC_BATCH_SIZE": "100"})  # many batches: time to act
     newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
     wait_for(
@@ -386,10 +394,9 @@ def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
 def test_a_resync_cancelled_while_reading_ahead_stops_and_the_file_syncs_again_later(
     client: httpx.Client, start_worker: StartWorker
 ) -> None:
-    start_worker(env={"SYNC_BATCH_SIZE": "100"})
     dataset = new_dataset()
-    first = register(client, csv_bytes(60_000), dataset)
-    wait_state(client, sync(client, first["file_id"])["task_id"], "SUCCESS", timeout=120)
+    first_sync(client, start_worker, dataset, rows=60_000)
+    start_worker(env={"SYNC_BATCH_SIZE": "100"})  # many batches: time to act
     newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
     wait_for(
