@@ -47,6 +47,15 @@ def first_sync(client: httpx.Client, start_worker: StartWorker, dataset: str, ro
     filler.stop()
 
 
+def wait_under_way(client: httpx.Client, task_id: str, rows: int) -> None:
+    """Until the task's progress says ``rows`` rows are committed."""
+    wait_for(
+        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= rows,
+        60,
+        what=f"{rows} rows of the sync committed",
+    )
+
+
 def register(
     client: httpx.Client,
     content: bytes,
@@ -318,11 +327,7 @@ def test_a_sync_killed_mid_way_resumes_from_its_checkpoint_exactly_once(
     dataset = new_dataset()
     f = register(client, csv_bytes(30_000), dataset)
     task_id = sync(client, f["file_id"])["task_id"]
-    wait_for(
-        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 5_000,
-        60,
-        what="the sync to be under way",
-    )
+    wait_under_way(client, task_id, rows=5_000)
     doomed.kill()
     committed = status(client, task_id)["progress"]["current"]
 
@@ -344,11 +349,7 @@ def test_a_cancelled_sync_keeps_its_committed_batches_and_nothing_half_written(
     dataset = new_dataset()
     f = register(client, csv_bytes(40_000), dataset)
     task_id = sync(client, f["file_id"])["task_id"]
-    wait_for(
-        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 2_000,
-        60,
-        what="the sync to be under way",
-    )
+    wait_under_way(client, task_id, rows=2_000)
 
     assert client.delete(f"/api/data-sync/cancel-task/{task_id}").json()["state"] == "REVOKED"
     wait_for(
@@ -372,11 +373,7 @@ def test_a_resync_killed_while_reading_ahead_resumes_and_counts_each_row_once(
     doomed = start_worker(env={"SYNC_BATCH_SIZE": "100"})  # many batches: time to act
     newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
-    wait_for(
-        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 5_000,
-        60,
-        what="the re-sync to be under way",
-    )
+    wait_under_way(client, task_id, rows=5_000)
     doomed.kill()
     committed = status(client, task_id)["progress"]["current"]
 
@@ -399,11 +396,7 @@ def test_a_resync_cancelled_while_reading_ahead_stops_and_the_file_syncs_again_l
     start_worker(env={"SYNC_BATCH_SIZE": "100"})  # many batches: time to act
     newer = register(client, mostly_the_same(60_000, every=10), dataset)
     task_id = sync(client, newer["file_id"])["task_id"]
-    wait_for(
-        lambda: (status(client, task_id).get("progress") or {}).get("current", 0) >= 2_000,
-        60,
-        what="the re-sync to be under way",
-    )
+    wait_under_way(client, task_id, rows=2_000)
 
     assert client.delete(f"/api/data-sync/cancel-task/{task_id}").json()["state"] == "REVOKED"
     wait_for(
