@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     # Data sync. A batch (one transaction, one checkpoint) ends at SYNC_BATCH_SIZE rows or
     # once its rows' JSON reaches SYNC_BATCH_BYTES, whichever comes first: 5,000 rows of
     # 8 MB each would otherwise be held at once. A re-sync reads the next batch while the
-    # database looks up this one, so two batches can be held.
+    # database looks up this one, so two batches can be held; once its rows come back
+    # mostly unchanged it reads four batches' rows at a time (the byte limit still holds).
     max_upload_bytes: int = 512 * 1024 * 1024
     sync_batch_size: int = Field(default=5000, ge=1)
     sync_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)

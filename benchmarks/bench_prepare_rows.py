@@ -1,4 +1,4 @@
-"""What reading, keying and digesting a CSV costs a sync worker, per 1,000,000 rows.
+"""What reading, keying and digesting a file costs a sync worker, per 1,000,000 rows.
 
 The Python half of a sync (``RowShape.next_batch`` over ``readers.iter_rows``, batches of
 5,000, as backend/tasks/data_sync.py runs it) in this process, with the collector as a
@@ -6,7 +6,7 @@ worker child sets it (``gc.freeze()`` then ``GC_THRESHOLD``) and with Python's d
 thresholds, alternating, the best of ``--repeats`` runs of each; iterating the rows alone
 is the floor. Usage::
 
-    .venv/bin/python -m benchmarks.bench_prepare_rows [--rows 200000] [--repeats 9]
+    .venv/bin/python -m benchmarks.bench_prepare_rows [--rows 200000] [--repeats 9] [--format jsonl]
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     args = parser.parse_args()
-    path = Path(tempfile.mkdtemp(prefix="syncq-prepare-")) / "orders.csv"
-    write_file(path, "csv", args.rows)
-    info = readers.inspect(path, "csv", readers.XlsxLimits.of(get_settings()))
+    path = Path(tempfile.mkdtemp(prefix="syncq-prepare-")) / f"orders.{args.format}"
+    write_file(path, args.format, args.rows)
+    info = readers.inspect(path, args.format, readers.XlsxLimits.of(get_settings()))
     gc.freeze()
     best: dict[str, float] = {}
     for _ in range(args.repeats):
@@ -69,8 +70,8 @@ def main() -> None:
     gc.set_threshold(*PYTHON_DEFAULT)
     path.unlink()
     print(
-        f"# {platform.node()}, Python {platform.python_version()}, {args.rows:,} CSV rows, "
-        f"best of {args.repeats}"
+        f"# {platform.node()}, Python {platform.python_version()}, {args.rows:,} "
+        f"{args.format} rows, best of {args.repeats}"
     )
     print("| step | seconds per 1,000,000 rows |")
     print("|---|---|")

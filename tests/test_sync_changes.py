@@ -3,9 +3,10 @@ inserted, updated or unchanged, in file order, and the records end as the newer 
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
 asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``;
 SQLite in one statement, the batch's key and digest pairs as a JSON array joined to the
-records), while the next batch is read; other batches read their stored digests first. A
-key repeated in a batch counts in file order on both. Bodies run in this process
-(backend/runtime/inprocess.py) against a real database, batches of 100 rows."""
+records), while the next batch is read; such batches hold four batches' rows. Other
+batches read their stored digests first. A key repeated in a batch counts in file order
+on both. Bodies run in this process (backend/runtime/inprocess.py) against a real
+database, batches of 100 rows (400 after a mostly-unchanged one)."""
 
 from __future__ import annotations
 

@@ -304,6 +304,20 @@ async def _upsert_sqlite(
     return counts
 
 
+# The batch's keys and digests as two newline-joined texts (a key is JSON text, so it holds
+# no raw newline; a digest is hex): asyncpg sends two strings at once, where two text[]
+# arrays cost it a type check per element (ABCMeta.__instancecheck__), all of it holding
+# the GIL the reading thread needs. 1,000,000 stored keys probed 20,000 at a time, one
+# connection (a /tmp script, two rounds): client CPU 0.19 s against 0.75-1.02 s for the
+# arrays, wall time 2.69-2.74 s against 3.19-4.01 s.
+PROBE_POSTGRES = (
+    "SELECT p.key FROM unnest(string_to_array($2, E'\\n'), string_to_array($3, E'\\n')) "
+    "AS p(key, row_hash) LEFT JOIN LATERAL (SELECT r.row_hash FROM records r "
+    "WHERE r.dataset = $1 AND r.key = p.key LIMIT 1) r ON true "
+    "WHERE r.row_hash IS DISTINCT FROM p.row_hash"
+)
+
+
 async def _upsert_postgres(
     conn: AsyncConnection,
     dataset: str,
@@ -317,7 +331,7 @@ async def _upsert_postgres(
     """COPY the batch into a session-local staging table, then one INSERT … SELECT …
     ON CONFLICT whose RETURNING tells inserted rows (xmax = 0) from updated ones.
 
-    With ``probe``, only (key, digest) pairs are sent first (two arrays) and looked up,
+    With ``probe``, only (key, digest) pairs are sent first (``PROBE_POSTGRES``) and looked up,
     one index probe each, and only the rows that differ are encoded and sent: a re-sync of an
     unchanged file then sends no data. Not by default: for a new file the probe is extra
     work (and ``key = ANY(5,000 keys)`` took 30 ms a batch, more than sending it).
@@ -347,13 +361,10 @@ async def _upsert_postgres(
         # LATERAL … LIMIT 1 keeps it one index probe per row, whatever the planner
         # estimates for the arrays (a hash join would read the whole table).
         differing = await driver.fetch(
-            "SELECT p.key FROM unnest($2::text[], $3::text[]) AS p(key, row_hash) "
-            "LEFT JOIN LATERAL (SELECT r.row_hash FROM records r "
-            "WHERE r.dataset = $1 AND r.key = p.key LIMIT 1) r ON true "
-            "WHERE r.row_hash IS DISTINCT FROM p.row_hash",
+            PROBE_POSTGRES,
             dataset,
-            [r.key for r in rows],
-            [r.row_hash for r in rows],
+            "\n".join([r.key for r in rows]),
+            "\n".join([r.row_hash for r in rows]),
         )
         wanted = {r["key"] for r in differing}
         rows = [r for r in rows if r.key in wanted]
