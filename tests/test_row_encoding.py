@@ -66,6 +66,19 @@ def test_a_list_row_and_a_dict_row_with_the_same_values_are_the_same_record() ->
     assert from_list.data_json() == from_dict.data_json() == '{"sku":"A1","name":"苹果","qty":3}'
 
 
+def test_json_lines_keyed_by_two_columns_and_holding_what_orjson_refuses() -> None:
+    shape = RowShape(["sku", "n", "qty"], ["qty", "sku"])
+    rows = [
+        (2, {"sku": " A1 ", "n": 2**70, "qty": 3}),
+        (3, {"sku": "B2", "n": 1}),
+        (4, [" A1 ", 2**70, 3]),
+    ]
+    batch = shape.next_batch(iter(rows), 10)
+    assert [r.key for r in batch.rows] == ['["3", "A1"]', '["3", "A1"]']
+    assert batch.rows[0].row_hash == batch.rows[1].row_hash
+    assert batch.rejected == [(3, "missing key column value: qty")]
+
+
 def test_the_digest_changes_with_any_value_or_column_name() -> None:
     shape = RowShape(["sku", "name", "qty"], ["sku"])
     rows = [["A1", "apple", "3"], ["A1", "apple", "4"], ["A1", "apple3", ""], ["A1", "apple"]]
