@@ -216,6 +216,52 @@ async def test_a_batch_in_flight_when_the_run_is_taken_over_is_rolled_back(
     assert await _dataset_state(slow, dataset, file_id) == ONE_SYNC
 
 
+# PostgreSQL only: the successor claims the run from inside the
+# first runner's batch transaction, which on SQLite holds the one write lock.
+@pytest.mark.parametrize("body_settings", ["postgresql"], indirect=True)
+async def test_a_runner_taken_over_whose_next_write_hits_a_dropped_connection_says_lease_lost(
+    body_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partitioned runner often learns of its end from a dropped connection, not from the
+    fence: the error is transient, its retry is refused (the row is the successor's), and
+    the run ends LOST with the log line an operator looks for (a CI run's partition test
+    waited a minute for it)."""
+    slow = body_settings.model_copy(update={"sync_batch_size": 100, "heartbeat_seconds": 600.0})
+    _, file_id = await _registered(slow, _csv())
+    task_id = await _accepted_sync(slow, file_id)
+    sessions = get_session_factory(slow)
+    engine = ledger.engine_of(sessions).sync_engine
+    armed = False
+
+    def taken_over_then_dropped(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal armed
+        if armed and statement.lstrip().startswith("INSERT INTO sync_checkpoints"):
+            armed = False
+            claim = {"task_id": task_id, "runner": "successor", "executor": "celery"}
+            assert await_only(
+                ledger.claim(sessions, token="successor", lease=timedelta(0), **claim)
+            )
+            raise ConnectionResetError("connection reset by peer")
+
+    event.listen(engine, "before_cursor_execute", taken_over_then_dropped)
+    try:
+        first = asyncio.create_task(_sync(slow, task_id, file_id, runner="partitioned"))
+        while await _rows_done(slow, task_id) < 1000:
+            assert not first.done(), await first
+            await asyncio.sleep(0.01)
+        armed = True
+        with caplog.at_level("WARNING", logger="backend.runtime.execution"):
+            lost = await asyncio.wait_for(first, 60)
+    finally:
+        event.remove(engine, "before_cursor_execute", taken_over_then_dropped)
+
+    assert not armed, "the dropped connection was never hit"
+    assert lost.kind is Kind.LOST
+    assert any("lease lost" in r.getMessage() for r in caplog.records)
+    run = await ledger.get(sessions, task_id)
+    assert run is not None and run.runner == "successor"
+
+
 async def test_the_fence_refuses_a_transaction_of_a_runner_that_lost_its_claim(
     body_settings: Settings,
 ) -> None:

@@ -333,7 +333,16 @@ class _Run:
         ):
             await self._announce(self._event(State.RETRY, error=error))
             return Outcome(Kind.RETRY, error=error, countdown=countdown)
-        return Outcome(Kind.LOST)
+        return await self._not_ours()
+
+    async def _not_ours(self) -> Outcome:
+        """The row we held refused a transition: the run was cancelled, or another runner
+        took it over after our lease lapsed (a partition whose end showed up as a dropped
+        connection). Decided as the watchdog decides, and said in the log either way."""
+        with contextlib.suppress(OperationalError, DBAPIError, OSError):
+            if await ledger.cancel_requested(self.sessions, self.task_id):
+                return Outcome(Kind.REVOKED)
+        return self._lost()
 
     async def _fail(self, error: dict[str, Any]) -> Outcome:
         ended = await ledger.finish(
