@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -139,11 +139,13 @@ async def test_a_runner_whose_lease_was_taken_over_writes_nothing_more(
 
 @dataclass
 class Stall:
-    """Holds the next checkpoint write inside its batch transaction until released."""
+    """Holds the next checkpoint write inside its batch transaction until released, or
+    runs ``instead`` there (in SQLAlchemy's greenlet, so it may ``await_only``)."""
 
     armed: bool = False
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    instead: Callable[[], None] | None = None
 
 
 @contextmanager
@@ -157,7 +159,10 @@ def stall_at_next_checkpoint(settings: Settings) -> Iterator[Stall]:
         if stall.armed and statement.lstrip().startswith("INSERT INTO sync_checkpoints"):
             stall.armed = False
             stall.reached.set()
-            await_only(stall.release.wait())
+            if stall.instead is not None:
+                stall.instead()
+            else:
+                await_only(stall.release.wait())
 
     event.listen(engine, "before_cursor_execute", before)
     try:
@@ -216,8 +221,8 @@ async def test_a_batch_in_flight_when_the_run_is_taken_over_is_rolled_back(
     assert await _dataset_state(slow, dataset, file_id) == ONE_SYNC
 
 
-# PostgreSQL only: the successor claims the run from inside the
-# first runner's batch transaction, which on SQLite holds the one write lock.
+# PostgreSQL only: the successor claims the run from inside the first runner's batch
+# transaction, which on SQLite holds the one write lock.
 @pytest.mark.parametrize("body_settings", ["postgresql"], indirect=True)
 async def test_a_runner_taken_over_whose_next_write_hits_a_dropped_connection_says_lease_lost(
     body_settings: Settings, caplog: pytest.LogCaptureFixture
@@ -230,32 +235,23 @@ async def test_a_runner_taken_over_whose_next_write_hits_a_dropped_connection_sa
     _, file_id = await _registered(slow, _csv())
     task_id = await _accepted_sync(slow, file_id)
     sessions = get_session_factory(slow)
-    engine = ledger.engine_of(sessions).sync_engine
-    armed = False
 
-    def taken_over_then_dropped(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        nonlocal armed
-        if armed and statement.lstrip().startswith("INSERT INTO sync_checkpoints"):
-            armed = False
-            claim = {"task_id": task_id, "runner": "successor", "executor": "celery"}
-            assert await_only(
-                ledger.claim(sessions, token="successor", lease=timedelta(0), **claim)
-            )
-            raise ConnectionResetError("connection reset by peer")
+    def taken_over_then_dropped() -> None:
+        claim = {"task_id": task_id, "runner": "successor", "executor": "celery"}
+        assert await_only(ledger.claim(sessions, token="successor", lease=timedelta(0), **claim))
+        raise ConnectionResetError("connection reset by peer")
 
-    event.listen(engine, "before_cursor_execute", taken_over_then_dropped)
-    try:
+    with stall_at_next_checkpoint(slow) as stall:
+        stall.instead = taken_over_then_dropped
         first = asyncio.create_task(_sync(slow, task_id, file_id, runner="partitioned"))
         while await _rows_done(slow, task_id) < 1000:
             assert not first.done(), await first
             await asyncio.sleep(0.01)
-        armed = True
+        stall.armed = True
         with caplog.at_level("WARNING", logger="backend.runtime.execution"):
             lost = await asyncio.wait_for(first, 60)
-    finally:
-        event.remove(engine, "before_cursor_execute", taken_over_then_dropped)
 
-    assert not armed, "the dropped connection was never hit"
+    assert stall.reached.is_set(), "the dropped connection was never hit"
     assert lost.kind is Kind.LOST
     assert any("lease lost" in r.getMessage() for r in caplog.records)
     run = await ledger.get(sessions, task_id)
