@@ -282,6 +282,7 @@ async def test_submissions_are_recorded_whether_or_not_another_process_holds_the
         assert ticks >= 10  # ...and the loop ran meanwhile
     else:
         await inserter.add(_pending_run(held))
+    await inserter.close()  # SQLite: the connection its lock-free writes kept
 
     for task_id in (free, held):
         recorded = await ledger.get(sessions, task_id)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from backend.db.engine import make_engine
 from backend.db.models import Notification, TaskRun
@@ -102,3 +103,64 @@ async def test_a_claim_that_matches_nothing_returns_no_row(
             lease=timedelta(seconds=30),
         )  # fmt: skip
     assert again is None
+
+
+def _submitted(task_id: str, key: str | None) -> dict[str, object]:
+    """A ledger row as ``ledger.insert_run`` hands it to the Inserter."""
+    return {
+        "id": task_id, "name": "conversation.save_conversation", "queue": "database",
+        "state": "PENDING", "priority": 7, "args": {"content": "héllo 你好", "n": [1, 2.5, None]},
+        "executor": "celery", "attempts": 0, "recoveries": 0, "cancel_requested": False,
+        "idempotency_key": key, "submitted_at": SUBMITTED, "dispatched_at": SUBMITTED,
+    }  # fmt: skip
+
+
+async def test_the_inserters_lock_free_insert_writes_what_execute_does(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    """The API's submissions on SQLite go in on sqlite3 itself when the lock is free."""
+    fast, slow = engines
+    rows = [_submitted("t2", None), _submitted("t3", "save:k1")]
+    async with fast.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection.raw
+        raw.execute("BEGIN IMMEDIATE")
+        ledger._INSERT_PREPARED.run_many(raw, conn.dialect, rows)
+        raw.execute("COMMIT")
+    async with slow.begin() as conn:
+        await conn.execute(ledger._INSERT_RUN, rows)
+
+    async def stored(engine: AsyncEngine) -> list[object]:
+        async with engine.connect() as conn:
+            runs = (await conn.execute(select(TaskRun.__table__).order_by(TaskRun.id))).all()
+            raw = (await conn.exec_driver_sql("SELECT * FROM task_runs ORDER BY id")).all()
+        return [runs, raw]
+
+    assert await stored(fast) == await stored(slow)
+    runs, _ = await stored(fast)
+    assert [run.args for run in runs[1:]] == [rows[0]["args"], rows[1]["args"]]
+    assert runs[2].submitted_at == SUBMITTED and runs[2].cancel_requested is False
+
+
+async def test_a_row_the_lock_free_insert_refuses_is_sqlalchemys_integrity_error(
+    tmp_path: Path,
+) -> None:
+    """A duplicate idempotency key breaks the lock-free insert's constraint; the Inserter
+    then writes the SQLAlchemy way, so its caller sees the IntegrityError it handles (and
+    the connection it keeps still works for the next row)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engine = make_engine(url, inline=True)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    inserter = ledger.Inserter(sessions)
+    try:
+        await inserter.add(_submitted("a", "save:k1"))
+        with pytest.raises(IntegrityError):
+            await inserter.add(_submitted("b", "save:k1"))
+        await inserter.add(_submitted("c", "save:k2"))
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(TaskRun.id).order_by(TaskRun.id))).scalars().all()
+        assert ids == ["a", "c"]
+    finally:
+        await inserter.close()
+        await engine.dispose()

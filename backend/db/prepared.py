@@ -7,6 +7,7 @@ context, greenlet switches, result wrapping around ~5 µs of sqlite3), this way 
 (5,000 in a loop). SQLAlchemy still writes the SQL and supplies each column type's own
 bind and result conversions, once; only the per-call machinery is skipped, so the values
 in the database are exactly what ``execute`` would have written (tests/test_prepared.py).
+The API's ledger insert is the other user: a submission's one write, on the request path.
 
 Only SQLite, and only for connections whose driver is the inline one (db/sqlite_inline.py:
 nothing suspends, so the statement is as atomic as SQLAlchemy's); everything else goes
@@ -15,6 +16,7 @@ through ``execute`` unchanged.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,7 @@ class _Compiled:
 
 
 class Prepared:
-    """One INSERT/UPDATE … RETURNING, runnable on an inline SQLite connection."""
+    """One INSERT/UPDATE (… RETURNING), runnable on an inline SQLite connection."""
 
     def __init__(self, statement: UpdateBase) -> None:
         self.statement = statement
@@ -52,12 +54,16 @@ class Prepared:
         if not isinstance(driver, InlineConnection):
             return [tuple(row) for row in await conn.execute(self.statement, dict(params))]
         compiled = self._compile(conn.dialect)
-        values = []
-        for name, fixed, convert in compiled.params:
-            value = params.get(name, fixed)
-            values.append(convert(value) if convert else value)
-        cursor = await driver.execute(compiled.sql, values)
+        cursor = await driver.execute(compiled.sql, _bound(compiled.params, params))
         return [_converted(compiled.results, row) for row in await cursor.fetchall()]
+
+    def run_many(
+        self, raw: sqlite3.Connection, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """An INSERT of ``rows`` on SQLite's own connection, in whatever transaction the
+        caller has opened there (no RETURNING)."""
+        compiled = self._compile(dialect)
+        raw.executemany(compiled.sql, [_bound(compiled.params, row) for row in rows])
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         known = self._compiled.get(type(dialect))
@@ -75,6 +81,14 @@ class Prepared:
         ]
         made = self._compiled[type(dialect)] = _Compiled(compiled.string, params, results)
         return made
+
+
+def _bound(params: Sequence[tuple[str, Any, Convert]], values: Mapping[str, Any]) -> list[Any]:
+    bound = []
+    for name, fixed, convert in params:
+        value = values.get(name, fixed)
+        bound.append(convert(value) if convert else value)
+    return bound
 
 
 def _converted(converts: Sequence[Convert], row: Sequence[Any]) -> tuple[Any, ...]:

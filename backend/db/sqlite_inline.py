@@ -103,6 +103,12 @@ class InlineConnection:
             raise ValueError("no active connection")
         return self._connection
 
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself, for a caller that runs a whole transaction on
+        it (the ledger's Inserter)."""
+        return self._conn
+
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._conn.cursor())
 

@@ -8,13 +8,16 @@ no transition waits on a read-then-write. Final states are never left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Row, and_, bindparam, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.constants import FINAL_STATES, RUNNING_STATES, WAITING_STATES, Executor, State
@@ -23,6 +26,7 @@ from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
 from backend.db.prepared import Prepared
 from backend.db.queries import notifications
+from backend.db.sqlite_inline import InlineConnection
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -85,6 +89,8 @@ class Inserter:
         self.max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # SQLite: the one connection lock-free writes use, kept between them.
+        self._kept: tuple[AsyncConnection, sqlite3.Connection] | None = None
 
     async def add(self, values: dict[str, Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -124,9 +130,15 @@ class Inserter:
             # wait, which sleeps 1, 2, 5, 10 ms ... between tries (it cost a submission at
             # one connection 4 ms, with a worker writing beside it).
             for _ in range(LOCK_POLLS):
-                if await self._write_if_lock_free(engine, rows):
+                tried = await self._write_if_lock_free(engine, rows)
+                if tried is _Try.WRITTEN:
                     return
+                if tried is _Try.REFUSED:
+                    break
                 await asyncio.sleep(LOCK_POLL_SECONDS)
+            # Waited long enough, or refused for another reason than the lock: SQLAlchemy's
+            # way, on aiosqlite's thread, waits for the lock and raises its own errors (an
+            # IntegrityError the caller handles, an OperationalError the API answers 503).
             async with engine_of(self.sessions).begin() as conn:
                 await conn.execute(_INSERT_RUN, rows)
             return
@@ -142,30 +154,61 @@ class Inserter:
             async with engine.connect() as conn:
                 await conn.execute(_INSERT_RUN_AGAIN, rows)
 
-    @staticmethod
-    async def _write_if_lock_free(nowait: AsyncEngine, rows: list[dict[str, Any]]) -> bool:
-        """SQLite: take the write lock without waiting and insert on the loop (no thread
-        hop); False when another process holds the lock, and the caller waits for it on
-        aiosqlite's thread. Nothing here suspends, so the transaction cannot be cut off
-        half-way by a cancel."""
-        async with nowait.connect() as conn:
-            try:
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except OperationalError:
-                return False  # locked by someone else
-            try:
-                await conn.execute(_INSERT_RUN, rows)
-                await conn.exec_driver_sql("COMMIT")
-            except OperationalError:
-                await conn.exec_driver_sql("ROLLBACK")
-                return False  # a commit that could not finish without waiting
-            except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+    async def _write_if_lock_free(self, nowait: AsyncEngine, rows: list[dict[str, Any]]) -> _Try:
+        """SQLite: take the write lock without waiting and insert on the loop, on sqlite3
+        itself (no thread hop, no SQLAlchemy execution: 195 against 540 µs CPU a
+        submission's ``insert_run``, measured); LOCKED when another process holds the
+        lock. Nothing here suspends once the connection is at hand, so the transaction
+        cannot be cut off half-way by a cancel."""
+        if self._kept is None:
+            conn = await nowait.connect()
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, InlineConnection), "the insert engine is inline"
+            self._kept = conn, driver.raw
+        conn, raw = self._kept
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return _Try.LOCKED  # by someone else
+            await self.close()
+            return _Try.REFUSED
+        try:
+            _INSERT_PREPARED.run_many(raw, conn.dialect, rows)
+            raw.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                raw.rollback()
+            if not isinstance(exc, sqlite3.Error):
                 raise
-        return True
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                return _Try.LOCKED  # a commit that could not finish without waiting
+            if not isinstance(exc, sqlite3.IntegrityError):
+                await self.close()  # whatever it was, the next write starts afresh
+            return _Try.REFUSED
+        return _Try.WRITTEN
+
+    async def close(self) -> None:
+        """Give the kept connection back (the runtime stops, or it failed)."""
+        if self._kept is not None:
+            conn, self._kept = self._kept[0], None
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+class _Try(enum.Enum):
+    WRITTEN = "written"
+    LOCKED = "locked"
+    REFUSED = "refused"
 
 
 _INSERT_RUN = insert(TaskRun)
+# The columns ``insert_run`` gives every row, compiled once for the lock-free path.
+_SUBMITTED_COLUMNS = (
+    "id", "name", "queue", "state", "priority", "args", "executor", "attempts", "recoveries",
+    "cancel_requested", "idempotency_key", "submitted_at", "dispatched_at",
+)  # fmt: skip
+_INSERT_PREPARED = Prepared(insert(TaskRun).values({c: bindparam(c) for c in _SUBMITTED_COLUMNS}))
 _INSERT_RUN_AGAIN = pg_insert(TaskRun).on_conflict_do_nothing(index_elements=[TaskRun.id])
 
 

@@ -150,6 +150,7 @@ class Runtime:
             await self.local.stop()
         if self.hub is not None:
             await self.hub.close()
+        await self.inserter.close()
         await self.broker.close()
         metrics.process_exiting(self.settings)
 
