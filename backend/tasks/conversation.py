@@ -15,13 +15,14 @@ from backend.constants import CONVERSATION_PAGE_DEFAULT, Queue, TaskName
 from backend.db.models import ConversationMessage
 from backend.db.models.base import utcnow
 from backend.db.queries import conversations
+from backend.db.queries.conversations import StoredMessage
 from backend.responders import load_responder
 from backend.runtime.context import TaskContext
 from backend.runtime.registry import Mode, task
 from backend.runtime.results import json_size
 
 
-def message_out(m: ConversationMessage | Row[Any]) -> dict[str, Any]:
+def message_out(m: ConversationMessage | StoredMessage | Row[Any]) -> dict[str, Any]:
     return {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
 
 

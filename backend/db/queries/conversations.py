@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db.models import ConversationMessage
+from backend.db.prepared import Prepared
 
 PURGE_BATCH = 5_000
 
@@ -26,8 +27,25 @@ def _save_statement(insert: Any) -> Any:
 
 
 # Built once per dialect (the hottest write there is); Core on the table, not the ORM
-# entity, so no unit of work or identity map is involved.
+# entity, so no unit of work or identity map is involved; on SQLite run on the driver
+# itself inside the task's transaction (db/prepared.py): 365 against 445 µs for the
+# whole save task's body, p50 of 2,000 in a loop.
 _SAVE = {"postgresql": _save_statement(pg_insert), "sqlite": _save_statement(sqlite_insert)}
+_SAVE_PREPARED = {dialect: Prepared(statement) for dialect, statement in _SAVE.items()}
+
+
+class StoredMessage(NamedTuple):
+    """A row of ``conversation_messages``, in the table's column order."""
+
+    id: int
+    message_key: str
+    session_id: str
+    role: str
+    content: str
+    created_at: datetime
+
+
+assert StoredMessage._fields == tuple(ConversationMessage.__table__.c.keys())
 _BY_KEY = select(*ConversationMessage.__table__.c).where(
     ConversationMessage.message_key == bindparam("message_key")
 )
@@ -41,7 +59,7 @@ async def save_message(
     role: str,
     content: str,
     created_at: datetime,
-) -> Row[Any]:
+) -> StoredMessage:
     """Insert once per ``message_key``; a second save of the same key returns the first."""
     values: dict[str, Any] = {
         "message_key": message_key,
@@ -51,11 +69,13 @@ async def save_message(
         "created_at": created_at,
     }
     dialect = session.get_bind().dialect.name
-    stored = (await session.execute(_SAVE[dialect], values)).first()
-    if stored is None:  # saved by an earlier run of the same task
-        stored = (await session.execute(_BY_KEY, {"message_key": message_key})).first()
+    saved = await _SAVE_PREPARED[dialect].rows(await session.connection(), values)
+    if saved:
+        return StoredMessage(*saved[0])
+    # Saved by an earlier run of the same task.
+    stored = (await session.execute(_BY_KEY, {"message_key": message_key})).first()
     assert stored is not None
-    return stored
+    return StoredMessage(*stored)
 
 
 async def history(session: AsyncSession, *, session_id: str) -> list[ConversationMessage]:
