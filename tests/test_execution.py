@@ -99,6 +99,41 @@ async def test_a_conversation_save_is_claimed_run_finished_and_notified_in_one_c
     assert await _notifications(body_settings, task_id) == ["SUCCESS"]
 
 
+async def test_on_postgresql_the_finish_and_its_notification_are_one_statement(
+    body_settings: Settings,
+) -> None:
+    """A short task on PostgreSQL is BEGIN, claim, the body's write, finish with its
+    notification, COMMIT: the notification row is the one the separate INSERT wrote."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(body_settings.database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite runs these statements on its driver, one call each")
+    args = {"session_id": "one-trip", "role": "user", "content": "hi", "received_at": NOW}
+    task_id = await _accepted(body_settings, TaskName.SAVE_CONVERSATION, args)
+    statements: list[str] = []
+    engine = ledger.engine_of(get_session_factory(body_settings)).sync_engine
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+
+    assert kind is Kind.SUCCEEDED
+    assert statements == ["UPDATE", "INSERT", "WITH"]  # claim, save, finish + notification
+    async with get_session_factory(body_settings)() as session:
+        notice = (
+            await session.scalars(select(Notification).where(Notification.task_id == task_id))
+        ).one()
+    assert (notice.task_name, notice.state, notice.level, notice.error) == (
+        TaskName.SAVE_CONVERSATION.value, "SUCCESS", "info", None,
+    )  # fmt: skip
+    assert notice.message == f"{TaskName.SAVE_CONVERSATION.value} succeeded"
+
+
 async def test_a_redelivery_of_a_finished_atomic_task_is_skipped_and_writes_nothing(
     body_settings: Settings,
 ) -> None:

@@ -20,12 +20,18 @@ LEVELS = {"SUCCESS": "info", "REVOKED": "warning", "FAILURE": "error"}
 
 
 def describe(task_name: str, state: str, error: dict[str, Any] | None) -> str:
+    return task_name + message_tail(state, error)
+
+
+def message_tail(state: str, error: dict[str, Any] | None) -> str:
+    """What a notification's message says after the task's name (PostgreSQL's finish
+    writes the name from the ledger row and this beside it, in one statement)."""
     if state == "SUCCESS":
-        return f"{task_name} succeeded"
+        return " succeeded"
     if state == "REVOKED":
-        return f"{task_name} was cancelled"
+        return " was cancelled"
     reason = (error or {}).get("message") or "no reason given"
-    return f"{task_name} failed: {reason}"
+    return f" failed: {reason}"
 
 
 def values_for(
