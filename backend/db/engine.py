@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from backend.config import Settings, get_settings
-from backend.db import sqlite_inline
+from backend.db import checkpointer, sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
@@ -143,7 +143,11 @@ def get_atomic_engine(url: str) -> AsyncEngine:
     local executor shares its loop with requests and uses ``get_engine`` instead.)"""
     if not _is_sqlite(url):
         return _cached("atomic", url, lambda: make_engine(url, pre_ping=False))
-    return _cached("atomic", url, lambda: make_engine(url, inline=True))
+    # Its commits leave the WAL's checkpoints to the worker's checkpointer thread
+    # (db/checkpointer.py), unless that falls far behind.
+    return _cached("atomic", url, lambda: _checkpoint_past(
+        make_engine(url, inline=True), checkpointer.FALLBACK_PAGES
+    ))  # fmt: skip
 
 
 def get_insert_engine(url: str) -> AsyncEngine:
@@ -158,8 +162,10 @@ def get_insert_engine(url: str) -> AsyncEngine:
     sends a statement that met a dropped connection again, once."""
     if not _is_sqlite(url):
         return _cached("insert", url, lambda: make_engine(url, autocommit=True, pre_ping=False))
-    return _cached("insert", url, lambda: _without_checkpoints(
-        make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0)
+    # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on the
+    # API's loop; the other connections' commits (and a worker's checkpointer) do it.
+    return _cached("insert", url, lambda: _checkpoint_past(
+        make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0), 0
     ))  # fmt: skip
 
 
@@ -187,13 +193,13 @@ def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def _without_checkpoints(engine: AsyncEngine) -> AsyncEngine:
+def _checkpoint_past(engine: AsyncEngine, pages: int) -> AsyncEngine:
+    """Its commits checkpoint the WAL only past ``pages`` (0: never)."""
+
     @event.listens_for(engine.sync_engine, "connect")
-    def _no_checkpoint(dbapi_connection: Any, _record: Any) -> None:
-        # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on
-        # the API's loop; the other connections' commits do it instead.
+    def _checkpoint_setting(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
         cursor.close()
 
     return engine
