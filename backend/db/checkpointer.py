@@ -1,4 +1,4 @@
-"""SQLite's WAL checkpoints on a thread of a worker's main process, off the tasks' path.
+"""SQLite's WAL checkpoints on a thread of their own, off the tasks' and requests' path.
 
 A checkpoint copies the WAL's pages into the database file and fsyncs both: 12 to 14 ms
 for 1,000 frames here, of which about 1.2 ms is CPU (measured); the rest is waiting for
@@ -6,8 +6,10 @@ the disk. SQLite runs it by default inside the commit that takes the WAL past 1,
 pages, so in a worker one short task in about a hundred waited those milliseconds. The
 worker's main process, which mostly waits on its queues, runs this thread instead; the
 atomic runs' connections checkpoint only past ``FALLBACK_PAGES`` (db/engine.py), should
-this thread fall behind or not run. A PASSIVE checkpoint takes no lock a writer needs:
-tasks commit beside it.
+this thread fall behind or not run. The API process runs one too: its ledger inserts
+never checkpoint (that would fsync on its loop), so with no worker running its WAL only
+grew, and every insert and read got slower as it did. A PASSIVE checkpoint takes no lock
+a writer needs: tasks commit beside it, and of two checkpointers one skips its turn.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +54,11 @@ class Checkpointer:
                     log.debug("checkpoint of %s skipped: %s", self.path, exc)
         finally:
             conn.close()
+
+
+def for_database(url: str) -> Checkpointer | None:
+    """A checkpointer for the SQLite file ``url`` names; None for any other database."""
+    database = make_url(url)
+    if database.get_backend_name() != "sqlite" or database.database in (None, "", ":memory:"):
+        return None
+    return Checkpointer(str(database.database))

@@ -24,6 +24,7 @@ from sqlalchemy import Row, text
 
 from backend.config import Settings
 from backend.constants import FINAL_STATES, Executor, State, TaskName
+from backend.db import checkpointer
 from backend.db.engine import get_session_factory
 from backend.db.models import TaskRun
 from backend.db.models.base import utcnow
@@ -118,6 +119,8 @@ class Runtime:
         self.inserter = ledger.Inserter(self.sessions)
         self.broker = Broker(settings, celery)
         self.local = LocalExecutor(settings, self.sessions) if local_fallback else None
+        # SQLite: the WAL's checkpoints on a thread (the API's inserts never checkpoint).
+        self.checkpointer = checkpointer.for_database(settings.database_url)
         # Only a process with a local executor (the API) has listeners of its own.
         self.hub = EventHub(self.broker) if local_fallback else None
         self.announcer = Announcer(self.broker, fallback=self.hub)
@@ -134,6 +137,8 @@ class Runtime:
         await self.broker.probe()
         if self.local is not None:
             self.local.start()
+            if self.checkpointer is not None:
+                self.checkpointer.start()
         self._spawn(self._watch_broker())
         if self.hub is not None:
             self._spawn(self.hub.follow())
@@ -151,6 +156,8 @@ class Runtime:
         if self.hub is not None:
             await self.hub.close()
         await self.inserter.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         await self.broker.close()
         metrics.process_exiting(self.settings)
 

@@ -22,12 +22,11 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery, Task, current_app, signals
 from celery.exceptions import Ignore
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings, get_settings
 from backend.constants import PRESENCE_INTERVAL, WORKERS_KEY, Executor
-from backend.db.checkpointer import Checkpointer
+from backend.db import checkpointer
 from backend.db.engine import get_atomic_engine, get_session_factory
 from backend.log_config import configure_logging
 from backend.runtime import metrics, recovery
@@ -218,9 +217,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     except redis.RedisError:
         last_seen = None
     presence.thread.start()
-    database = make_url(settings.database_url)
-    if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
-        app.syncq_checkpointer = Checkpointer(str(database.database))
+    app.syncq_checkpointer = checkpointer.for_database(settings.database_url)
+    if app.syncq_checkpointer is not None:
         app.syncq_checkpointer.start()
     try:
         pool = type(getattr(sender, "pool", None)).__module__
@@ -258,7 +256,7 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
     presence: _Presence | None = getattr(app, "syncq_presence", None)
     if presence is not None:
         presence.stop()
-    checkpoints: Checkpointer | None = getattr(app, "syncq_checkpointer", None)
+    checkpoints: checkpointer.Checkpointer | None = getattr(app, "syncq_checkpointer", None)
     if checkpoints is not None:
         checkpoints.stop()
     if hasattr(app, "syncq_settings"):
