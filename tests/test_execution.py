@@ -309,15 +309,17 @@ async def test_submissions_are_recorded_whether_or_not_another_process_holds_the
 
         ticker = asyncio.ensure_future(tick())
         started = time.monotonic()
-        await inserter.add(_pending_run(held))
+        try:
+            await inserter.add(_pending_run(held))
+        finally:
+            ticker.cancel()
+            holder.close()
+            await inserter.close()  # the connection its lock-free writes kept
         waited = time.monotonic() - started
-        ticker.cancel()
-        holder.close()
         assert waited >= 0.3  # it did wait for the lock...
         assert ticks >= 10  # ...and the loop ran meanwhile
     else:
         await inserter.add(_pending_run(held))
-    await inserter.close()  # SQLite: the connection its lock-free writes kept
 
     for task_id in (free, held):
         recorded = await ledger.get(sessions, task_id)

@@ -155,9 +155,13 @@ async def test_a_row_the_lock_free_insert_refuses_is_sqlalchemys_integrity_error
     inserter = ledger.Inserter(sessions)
     try:
         await inserter.add(_submitted("a", "save:k1"))
+        kept = inserter._kept
+        assert kept is not None  # written the lock-free way
         with pytest.raises(IntegrityError):
             await inserter.add(_submitted("b", "save:k1"))
         await inserter.add(_submitted("c", "save:k2"))
+        assert inserter._kept is kept  # the same connection, out of its transaction
+        assert not kept[1].in_transaction
         async with engine.connect() as conn:
             ids = (await conn.execute(select(TaskRun.id).order_by(TaskRun.id))).scalars().all()
         assert ids == ["a", "c"]

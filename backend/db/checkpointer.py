@@ -15,6 +15,7 @@ a writer needs: tasks commit beside it, and of two checkpointers one skips its t
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 0.25
 # Where a worker's atomic runs checkpoint themselves after all (SQLite's default: 1,000).
 FALLBACK_PAGES = 10_000
+
+
+# A fork (a prefork worker replacing a child) must not copy SQLite mid-checkpoint: the
+# child would inherit its mutexes held, and its first SQLite call would hang. The fork
+# waits for the checkpoint in flight (milliseconds); none starts until it is done.
+_NOT_WHILE_FORKING = threading.Lock()
+os.register_at_fork(
+    before=_NOT_WHILE_FORKING.acquire,
+    after_in_parent=_NOT_WHILE_FORKING.release,
+    after_in_child=_NOT_WHILE_FORKING.release,
+)
 
 
 class Checkpointer:
@@ -38,19 +50,25 @@ class Checkpointer:
 
     def start(self) -> None:
         self.thread.start()
-        log.info("checkpointing %s every %.2f s", self.path, self.interval)
 
     def stop(self) -> None:
         self.stopped.set()
 
     def _loop(self) -> None:
-        # Its own connection, made on this thread: nothing of it crosses a fork.
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        # Its own connection, made and used only on this thread (a forked child gets a copy
+        # of it in memory, never used there).
+        try:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        except sqlite3.Error:
+            log.warning("cannot checkpoint %s", self.path, exc_info=True)
+            return
+        log.info("checkpointing %s every %.2f s", self.path, self.interval)
         try:
             while not self.stopped.wait(self.interval):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # locked by a RESTART elsewhere, a moved file
+                    with _NOT_WHILE_FORKING:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # another checkpointer's turn, a moved file
                     log.debug("checkpoint of %s skipped: %s", self.path, exc)
         finally:
             conn.close()

@@ -163,7 +163,7 @@ def get_insert_engine(url: str) -> AsyncEngine:
     if not _is_sqlite(url):
         return _cached("insert", url, lambda: make_engine(url, autocommit=True, pre_ping=False))
     # A commit past the WAL's checkpoint size would checkpoint (and fsync) right on the
-    # API's loop; the other connections' commits (and a worker's checkpointer) do it.
+    # API's loop; the checkpointer threads (db/checkpointer.py) and other commits do it.
     return _cached("insert", url, lambda: _checkpoint_past(
         make_engine(url, autocommit=True, inline=True, busy_timeout_ms=0), 0
     ))  # fmt: skip

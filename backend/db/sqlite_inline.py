@@ -6,13 +6,15 @@ the SQLite call itself. A short task is five statements in one transaction, so t
 cost more than the work, and they are spent while the task holds SQLite's one write
 lock, which the API and the other worker processes are waiting for.
 
-Two places call SQLite this way (db/engine.py): an atomic run in a Celery worker process,
-whose loop runs that one task and whose one transaction is the only writer in the
-process while it lasts, so a wait for the lock blocks nothing else; and single reads on
-the request path (the status poll), which under WAL never wait for the lock. Everything
-else keeps aiosqlite: a leased run's heartbeat writes beside the body's open transaction
-(on one thread that would deadlock until the busy timeout), and the API must not stop
-serving while one of its writes waits. ``connector`` gives SQLAlchemy's aiosqlite dialect
+Three places call SQLite this way (db/engine.py): an atomic run in a Celery worker
+process, whose loop runs that one task and whose one transaction is the only writer in
+the process while it lasts, so a wait for the lock blocks nothing else; single reads on
+the request path (the status poll), which under WAL never wait for the lock; and the
+API's ledger insert, which never waits either (busy timeout 0: when the lock is taken it
+goes and waits on aiosqlite's thread, runtime/ledger.py). Everything else keeps
+aiosqlite: a leased run's heartbeat writes beside the body's open transaction (on one
+thread that would deadlock until the busy timeout), and the API must not stop serving
+while one of its writes waits. ``connector`` gives SQLAlchemy's aiosqlite dialect
 (through ``create_async_engine(async_creator=...)``) an object with aiosqlite's interface
 whose coroutines finish at once, so a statement costs a greenlet switch, not two hops.
 """

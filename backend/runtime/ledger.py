@@ -103,6 +103,7 @@ class Inserter:
         self._flusher: asyncio.Task[None] | None = None
         # SQLite: the one connection lock-free writes use, kept between them.
         self._kept: tuple[AsyncConnection, sqlite3.Connection] | None = None
+        self._closed = False
 
     async def add(self, values: dict[str, Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -170,38 +171,43 @@ class Inserter:
         """SQLite: take the write lock without waiting and insert on the loop, on sqlite3
         itself (no thread hop, no SQLAlchemy execution: 195 against 540 µs CPU a
         submission's ``insert_run``, measured); LOCKED when another process holds the
-        lock. Nothing here suspends once the connection is at hand, so the transaction
-        cannot be cut off half-way by a cancel."""
+        lock, REFUSED for anything SQLAlchemy's way should do and report instead. Nothing
+        here suspends once the connection is at hand, so the transaction cannot be cut
+        off half-way by a cancel."""
+        if self._closed or any(row.keys() != _SUBMITTED_KEYS for row in rows):
+            return _Try.REFUSED
         if self._kept is None:
             conn = await nowait.connect()
             driver = (await conn.get_raw_connection()).driver_connection
-            assert isinstance(driver, InlineConnection), "the insert engine is inline"
+            if not isinstance(driver, InlineConnection):  # a URL the inline driver skips
+                await conn.close()
+                self._closed = True
+                return _Try.REFUSED
             self._kept = conn, driver.raw
         conn, raw = self._kept
         try:
             raw.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
-                return _Try.LOCKED  # by someone else
-            await self.close()
-            return _Try.REFUSED
-        try:
             _INSERT_PREPARED.run_many(raw, conn.dialect, rows)
             raw.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 raw.rollback()
+            if raw.in_transaction or not isinstance(exc, sqlite3.IntegrityError):
+                await self._forget()  # the next write starts on a new connection
             if not isinstance(exc, sqlite3.Error):
                 raise
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                return _Try.LOCKED  # a commit that could not finish without waiting
-            if not isinstance(exc, sqlite3.IntegrityError):
-                await self.close()  # whatever it was, the next write starts afresh
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return _Try.LOCKED  # by someone else, at BEGIN or (rarely) at COMMIT
             return _Try.REFUSED
         return _Try.WRITTEN
 
     async def close(self) -> None:
-        """Give the kept connection back (the runtime stops, or it failed)."""
+        """The runtime stops: give the kept connection back, and keep none from now on (a
+        flush still running goes SQLAlchemy's way)."""
+        self._closed = True
+        await self._forget()
+
+    async def _forget(self) -> None:
         if self._kept is not None:
             conn, self._kept = self._kept[0], None
             with contextlib.suppress(Exception):
@@ -220,6 +226,7 @@ _SUBMITTED_COLUMNS = (
     "id", "name", "queue", "state", "priority", "args", "executor", "attempts", "recoveries",
     "cancel_requested", "idempotency_key", "submitted_at", "dispatched_at",
 )  # fmt: skip
+_SUBMITTED_KEYS = frozenset(_SUBMITTED_COLUMNS)
 _INSERT_PREPARED = Prepared(insert(TaskRun).values({c: bindparam(c) for c in _SUBMITTED_COLUMNS}))
 _INSERT_RUN_AGAIN = pg_insert(TaskRun).on_conflict_do_nothing(index_elements=[TaskRun.id])
 
