@@ -13,7 +13,6 @@ import enum
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -624,7 +623,7 @@ async def _finish_and_notify(
             _FINISH_AND_NOTIFY,
             params
             | {
-                "level": notifications.LEVELS.get(ending.state, "info"),
+                "level": notifications.level_of(ending.state),
                 "tail": notifications.message_tail(ending.state, ending.error),
             },
         )
@@ -636,7 +635,7 @@ async def _finish_and_notify(
     values = notifications.values_for(
         task_id=row.id, task_name=row.name, state=ending.state, error=ending.error, at=params["now"]
     )
-    return Ended(True, notifications.as_dict(SimpleNamespace(id=row.notice_id, **values)))
+    return Ended(True, notifications.recorded(row.notice_id, values))
 
 
 async def finish(sessions: Sessions, *, task_id: str, token: str, ending: Ending) -> Ended:

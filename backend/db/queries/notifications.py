@@ -42,11 +42,20 @@ def values_for(
         "task_id": task_id,
         "task_name": task_name,
         "state": state,
-        "level": LEVELS.get(state, "info"),
+        "level": level_of(state),
         "message": describe(task_name, state, error),
         "error": error,
         "created_at": at,
     }
+
+
+def level_of(state: str) -> str:
+    return LEVELS.get(state, "info")
+
+
+def recorded(new_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    """The notification ``values_for`` made, as stored under ``new_id``, as a dict."""
+    return as_dict(SimpleNamespace(id=new_id, **values))
 
 
 def as_dict(row: Any) -> dict[str, Any]:
@@ -85,7 +94,7 @@ async def record_in(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, 
     new_id = rows[0][0] if rows else None
     if new_id is None:
         return None
-    return as_dict(SimpleNamespace(id=new_id, **values))
+    return recorded(new_id, values)
 
 
 async def latest(
