@@ -10,6 +10,7 @@ database, batches of 100 rows (400 after a mostly-unchanged one)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -80,3 +81,37 @@ async def test_a_newer_file_counts_each_row_once_and_leaves_the_records_as_it_sa
     again = await _sync(settings, content + b"\n", dataset)
     assert again == {"rows_read": ROWS + 9, "inserted": 0, "updated": 4, "unchanged": ROWS + 5}
     assert await _records(settings, dataset) == expected
+
+
+async def test_batches_of_new_changed_and_unchanged_rows_count_each_row_once(
+    body_settings: Settings,
+) -> None:
+    # No batch of the newer file is mostly unchanged and no key repeats, so each is written
+    # whole and counted afterwards (SQLite: the upsert's changes and the rise of the
+    # largest id), the third batch holding changed, unchanged and new rows at once.
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    await _sync(settings, _csv({k: f"item {k}" for k in range(250)}), dataset)
+    newer = {k: f"changed {k}" if k % 3 else f"item {k}" for k in range(250)}
+    newer |= {k: f"new {k}" for k in range(250, 300)}
+
+    counts = await _sync(settings, _csv(newer), dataset)
+
+    unchanged = len(range(0, 250, 3))
+    assert counts == {
+        "rows_read": 300, "inserted": 50, "updated": 250 - unchanged, "unchanged": unchanged,
+    }  # fmt: skip
+    assert await _records(settings, dataset) == {f"S{k:05d}": v for k, v in newer.items()}
+
+
+async def test_two_syncs_at_once_each_count_only_their_own_rows(body_settings: Settings) -> None:
+    # Their batches interleave on two connections; each batch's counts are its own (on
+    # SQLite each batch takes the write lock before it reads the largest id).
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    files = [_csv({k: f"{n} {k}" for k in range(n * ROWS, (n + 1) * ROWS)}) for n in (0, 1)]
+
+    both = await asyncio.gather(*(_sync(settings, f, dataset) for f in files))
+
+    assert both == [{"rows_read": ROWS, "inserted": ROWS, "updated": 0, "unchanged": 0}] * 2
+    assert len(await _records(settings, dataset)) == 2 * ROWS
