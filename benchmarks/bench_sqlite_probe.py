@@ -6,7 +6,7 @@ does it, in this process with ``sqlite3``:
 
 * ``IN`` lists: the stored digests of 900 keys at a time, compared in Python (every batch
   of a first sync, and any batch with a key repeated);
-* the probe: the batch's pairs as one JSON array joined to the records (``json_each``),
+* the probe: the batch's pairs as one JSON object joined to the records (``json_each``),
   only the keys that differ returned (a batch after a mostly-unchanged one).
 
 Both for keys that are all stored and unchanged (a re-sync) and for keys never stored (a
@@ -75,7 +75,8 @@ def in_lists(db: sqlite3.Connection, batch: Pairs) -> int:
 
 
 def probe(db: sqlite3.Connection, batch: Pairs) -> int:
-    return len(db.execute(PROBE_SQLITE, [orjson.dumps(batch).decode(), "bench"]).fetchall())
+    probed = [orjson.dumps(dict(batch)).decode(), "bench"]
+    return len(db.execute(PROBE_SQLITE, probed).fetchall())
 
 
 def timed(db: sqlite3.Connection, way: Way, all_: Pairs) -> float:

@@ -2,7 +2,7 @@
 inserted, updated or unchanged, in file order, and the records end as the newer file
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
 asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``;
-SQLite in one statement, the batch's key and digest pairs as a JSON array joined to the
+SQLite in one statement, the batch's key and digest pairs as a JSON object joined to the
 records), while the next batch is read; such batches hold four batches' rows. Other
 batches read their stored digests first. A key repeated in a batch counts in file order
 on both. Bodies run in this process (backend/runtime/inprocess.py) against a real
@@ -115,3 +115,24 @@ async def test_two_syncs_at_once_each_count_only_their_own_rows(body_settings: S
 
     assert both == [{"rows_read": ROWS, "inserted": ROWS, "updated": 0, "unchanged": 0}] * 2
     assert len(await _records(settings, dataset)) == 2 * ROWS
+
+
+async def test_keys_with_quotes_backslashes_and_any_script_are_probed_as_stored(
+    body_settings: Settings,
+) -> None:
+    # A re-sync probes from its second batch on (SQLite: the keys are labels of one JSON
+    # object, PostgreSQL: lines of one text); every key must come back unchanged.
+    settings = body_settings.model_copy(update={"sync_batch_size": 10})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    odd = ['a"b', "c\\d", "北京 ü", "e,f", "g'h", "tab\there", "😀", "[x]", "{y}", "\\u0041"]
+    keys = [f"{k} {i}" for i in range(5) for k in odd]
+    content = "sku,name\n" + "".join(
+        '"' + k.replace('"', '""') + f'",v{i}\n' for i, k in enumerate(keys)
+    )
+
+    first = await _sync(settings, content.encode(), dataset)
+    again = await _sync(settings, content.encode() + b"\n", dataset)
+
+    assert first == {"rows_read": 50, "inserted": 50, "updated": 0, "unchanged": 0}
+    assert again == {"rows_read": 50, "inserted": 0, "updated": 0, "unchanged": 50}
+    assert sorted(await _records(settings, dataset)) == sorted(keys)
