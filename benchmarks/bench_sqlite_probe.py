@@ -4,8 +4,9 @@ A copy of ``records`` (the real table's columns and unique index) holds ``--rows
 batches of 5,000 (key, digest) pairs are looked up the way backend/db/queries/data_sync.py
 does it, in this process with ``sqlite3``:
 
-* ``IN`` lists: the stored digests of 900 keys at a time, compared in Python (every batch
-  of a first sync, and any batch with a key repeated);
+* ``IN`` lists: the stored digests of ``IN_CHUNK`` keys at a time (a whole batch where
+  SQLite takes that many variables), compared in Python (a batch with a key repeated;
+  other batches that are not probed are written whole and counted afterwards);
 * the probe: the batch's pairs as one JSON object joined to the records (``json_each``),
   only the keys that differ returned (a batch after a mostly-unchanged one).
 

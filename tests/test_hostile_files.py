@@ -50,7 +50,6 @@ from tests.test_resource_bounds import RssSampler
 
 MB = 1 << 20
 GROWTH_LIMIT = 100 * MB
-READER_MEMORY = Settings(_env_file=None).xlsx_parse_memory_bytes  # type: ignore[call-arg]
 SECONDS_LIMIT = 10.0
 
 # -- workbooks written by hand (openpyxl writes inline strings and true dimensions) -------
@@ -334,8 +333,9 @@ def _sync_measured(
     client: httpx.Client, content: bytes, dataset: str, name: str, roots: dict[str, int]
 ) -> tuple[dict[str, Any], float, RssSampler]:
     """Register, then sync and wait, sampling the memory of ``roots`` meanwhile; the XLSX
-    reader processes below them apart (``"<root> apart"``), as their memory has a limit
-    of its own (``READER_MEMORY``)."""
+    reader processes below them apart (``"<root> apart"``, in the report only): a reader's
+    memory has a limit of its own (RLIMIT_AS), which
+    ``test_the_reader_process_is_held_to_its_memory_limit`` checks."""
     f = register(client, content, dataset, name=name)
     with RssSampler(roots, apart=xlsx.CHILD_MODULE) as rss:
         started = time.monotonic()
@@ -380,7 +380,6 @@ def test_a_hostile_workbook_ends_fast_in_bounded_memory_and_the_worker_keeps_ser
         assert (done["result"]["rows_read"], done["result"]["inserted"]) == (1, 1), done
     assert elapsed < SECONDS_LIMIT
     assert rss.growth()["worker"] < GROWTH_LIMIT, rss.report()
-    assert rss.peak["worker apart"] < READER_MEMORY, rss.report()
     assert worker.alive and not _readers_under(psutil.Process(worker.proc.pid))
     assert not _temporary_files(stack_env)
     _serves_a_normal_sync(client, dataset, 101)
@@ -441,7 +440,6 @@ def test_past_a_relaxed_archive_check_the_time_limit_stops_the_parse_itself(
     assert "reading it took more than 3 s" in done["error"]["message"], done["error"]
     assert elapsed < SECONDS_LIMIT
     assert rss.growth()["worker"] < GROWTH_LIMIT, rss.report()
-    assert rss.peak["worker apart"] < READER_MEMORY, rss.report()
     assert worker.alive and not _readers_under(psutil.Process(worker.proc.pid))
     assert not _temporary_files(stack_env)
     _serves_a_normal_sync(client, dataset, 101)
@@ -467,7 +465,6 @@ def test_with_redis_down_hostile_workbooks_fail_in_the_api_process_without_growi
         assert reason in done["error"]["message"], done["error"]
         assert elapsed < SECONDS_LIMIT
         assert rss.growth()["api"] < GROWTH_LIMIT, rss.report()
-        assert rss.peak["api apart"] < READER_MEMORY, rss.report()
 
     assert not _readers_under(psutil.Process(api.proc.pid))
     _serves_a_normal_sync(client, dataset, 101)

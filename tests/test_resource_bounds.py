@@ -140,8 +140,9 @@ class RssSampler:
         total = apart = 0
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
+                set_apart = self.apart is not None and self.apart in " ".join(p.cmdline())
                 pss = p.memory_full_info().pss
-                if self.apart is not None and self.apart in " ".join(p.cmdline()):
+                if set_apart:
                     apart += pss
                 else:
                     total += pss

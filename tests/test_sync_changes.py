@@ -4,9 +4,12 @@ says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchange
 asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``;
 SQLite in one statement, the batch's key and digest pairs as a JSON object joined to the
 records), while the next batch is read; such batches hold four batches' rows. Other
-batches read their stored digests first. A key repeated in a batch counts in file order
-on both. Bodies run in this process (backend/runtime/inprocess.py) against a real
-database, batches of 100 rows (400 after a mostly-unchanged one)."""
+batches: on PostgreSQL one INSERT … SELECT whose RETURNING tells inserted from updated;
+on SQLite, written whole and counted afterwards from the upsert's changes and the rise of
+the largest id, or, when a key repeats, after reading their stored digests. A key
+repeated in a batch counts in file order on both. Bodies run in this process
+(backend/runtime/inprocess.py) against a real database, batches of 100 rows (400 after a
+mostly-unchanged one)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ checkpoints. Keyword-only, session-first; the caller owns the transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from backend.db.models.base import utcnow
 from backend.db.queries.upsert import insert_for
 from backend.db.rows import PreparedRow
 
-# Keys per IN (...) list: SQLite takes 32,766 variables a statement from 3.32 on (999
-# before), so a batch's keys go in one look-up, one hop to aiosqlite's thread and back
-# (``execute_fetchall``) where lists of 900 took three hops each.
-IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
+# Keys per IN (...) list: as many as this SQLite build takes variables in a statement
+# (32,766 by default from 3.32 on, 999 before; 250,000 on Debian's), so a batch's keys go
+# in one look-up, one hop to aiosqlite's thread and back (``execute_fetchall``) where
+# lists of 900 took three hops each.
+with contextlib.closing(sqlite3.connect(":memory:")) as _probe:
+    IN_CHUNK = min(30_000, _probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1)
 
 
 @dataclass
@@ -244,6 +247,14 @@ PROBE_SQLITE = (
 )
 
 
+# Where the counted write reads its counts, before and after: the largest id in use (a new
+# row takes the next one: SQLite's rowid, without AUTOINCREMENT, and nothing deletes
+# records while the write lock is held) and the connection's changes (64-bit in the SQL
+# function from SQLite 3.37, where the driver's attribute is a C int; records has no
+# trigger whose changes would count too).
+COUNTERS = "SELECT coalesce(max(id), 0), total_changes() FROM records"
+
+
 async def _upsert_sqlite(
     conn: AsyncConnection,
     dataset: str,
@@ -262,16 +273,17 @@ async def _upsert_sqlite(
       2.13 s against 2.90 s for ``IN`` lists compared in Python
       (benchmarks/bench_sqlite_probe.py), and the work happens inside SQLite, without the
       GIL, while the sync reads the next batch in a thread. For new keys it is the slower
-      (3.31 s against 1.09 s). (Figures from the array of pairs the probe sent before;
-      see ``PROBE_SQLITE``.)
+      (3.31 s against 1.09 s). (Figures from the array of pairs the probe sent before and
+      ``IN`` lists of 900 keys; see ``PROBE_SQLITE``.)
     - No key repeated (a first sync, a newer file): every row is written at once, and the
       counts are read off the database afterwards: ``changes`` (the upsert's WHERE skips
       an unchanged row, which SQLite does not count) and how far the largest id moved (a
       new row takes the largest id + 1; an update keeps its id). The write lock is taken
       first, so no other writer's rows land in between. This skips reading the stored
       digests, 0.75 s per 1,000,000 new keys.
-    - A key repeated in the batch: the stored digests are read first, and each row counts
-      in file order against the one before it with its key (an update when it differs).
+    - A key repeated in the batch: the stored digests are read first (under the write lock
+      too), and each row counts in file order against the one before it with its key (an
+      update when it differs).
     """
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
@@ -297,12 +309,11 @@ async def _upsert_sqlite(
     if not driver.in_transaction:
         await driver.execute_fetchall("BEGIN IMMEDIATE")
     if len(latest) == len(rows):
-        ((largest,),) = await driver.execute_fetchall(LARGEST_ID)
-        changes = driver.total_changes
+        ((largest, changes),) = await driver.execute_fetchall(COUNTERS)
         await driver.executemany(UPSERT_SQLITE, params(rows))
-        ((now_largest,),) = await driver.execute_fetchall(LARGEST_ID)
-        inserted = now_largest - largest
-        return Counts(inserted=inserted, updated=driver.total_changes - changes - inserted)
+        ((largest_after, changes_after),) = await driver.execute_fetchall(COUNTERS)
+        inserted = largest_after - largest
+        return Counts(inserted=inserted, updated=changes_after - changes - inserted)
     stored: dict[str, str] = {}
     keys = list(latest)
     for i in range(0, len(keys), IN_CHUNK):
@@ -318,11 +329,6 @@ async def _upsert_sqlite(
         UPSERT_SQLITE, params(r for r in latest.values() if stored.get(r.key) != r.row_hash)
     )
     return _in_file_order(rows, stored)
-
-
-# The largest id in use: a new row takes the next one (SQLite's rowid, without
-# AUTOINCREMENT), so inside the write lock its rise counts the rows inserted.
-LARGEST_ID = "SELECT coalesce(max(id), 0) FROM records"
 
 
 # The batch's keys and digests as two newline-joined texts (a key is JSON text, so it holds
