@@ -14,6 +14,7 @@ mostly-unchanged one)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from typing import Any
@@ -25,6 +26,7 @@ from backend.constants import TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import Record
 from backend.runtime.inprocess import run_body
+from backend.tasks.data_sync import READ_AHEAD_GC_YOUNG
 from tests.helpers import register_in_process
 
 ROWS = 1000
@@ -139,3 +141,29 @@ async def test_keys_with_quotes_backslashes_and_any_script_are_probed_as_stored(
     assert first == {"rows_read": 50, "inserted": 50, "updated": 0, "unchanged": 0}
     assert again == {"rows_read": 50, "inserted": 0, "updated": 0, "unchanged": 50}
     assert sorted(await _records(settings, dataset)) == sorted(keys)
+
+
+async def test_a_resync_reading_ahead_collects_less_then_puts_the_collector_back(
+    body_settings: Settings,
+) -> None:
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    content = _csv({k: f"item {k}" for k in range(2000)})
+    await _sync(settings, content, dataset)
+    before = gc.get_threshold()
+    young_seen: set[int] = set()
+
+    async def watch() -> None:
+        while True:
+            young_seen.add(gc.get_threshold()[0])
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        again = await _sync(settings, content + b"\n", dataset)
+    finally:
+        watcher.cancel()
+
+    assert again == {"rows_read": 2000, "inserted": 0, "updated": 0, "unchanged": 2000}
+    assert max(young_seen) == max(before[0], READ_AHEAD_GC_YOUNG)
+    assert gc.get_threshold() == before

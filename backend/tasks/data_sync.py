@@ -9,6 +9,8 @@ its checkpoint, so a sync re-run after a kill resumes after its last committed b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import logging
 import re
@@ -264,6 +266,42 @@ async def _set_state(ctx: TaskContext, file_id: int, state: str) -> None:
 # Eight batches were no faster than four (70,087-81,860 rows/s on PostgreSQL).
 PROBE_BATCHES = 4
 
+# While a re-sync reads ahead, two batches of PROBE_BATCHES x SYNC_BATCH_SIZE rows are alive
+# at once, each row a list and a tuple the collector tracks: at the worker's young threshold
+# (runtime/worker.py GC_THRESHOLD, 10,000) a batch costs several young collections, and
+# their survivors are scanned again by the older ones, with nothing to find (rows hold no
+# cycles). In a re-sync of an unchanged 1,000,000-row CSV (a gc.callbacks timer in the
+# worker): 183 young and 16 middle collections, 0.53 s of a 3.75 s loop, against one
+# collection, 0.05 s, at 100,000; the reading thread's CPU fell from 2.49 s to 2.05 s.
+READ_AHEAD_GC_YOUNG = 100_000
+
+
+class _RarerCollections:
+    """Raises the collector's young threshold while any sync of this process reads ahead,
+    and puts back what it was when the last one stops (syncs in the API's local executor
+    may overlap; a worker's pool process runs one at a time)."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.before = gc.get_threshold()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.users == 0:
+            self.before = gc.get_threshold()
+            young, *older = self.before
+            gc.set_threshold(max(young, READ_AHEAD_GC_YOUNG), *older)
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if self.users == 0:
+                gc.set_threshold(*self.before)
+
+
+_rarer_collections = _RarerCollections()
+
 
 async def _sync(
     ctx: TaskContext,
@@ -311,6 +349,7 @@ async def _sync(
     # While a mostly-unchanged batch is looked up (index probes inside SQLite or
     # PostgreSQL, without the GIL), the next one is read, keyed and digested in a thread.
     ahead: asyncio.Future[Batch] | None = None
+    collector, collecting_less = contextlib.ExitStack(), False
     try:
         while True:
             await ctx.checkpoint()
@@ -325,6 +364,9 @@ async def _sync(
             if not read:
                 break
             if mostly_unchanged:
+                if not collecting_less:
+                    collector.enter_context(_rarer_collections())
+                    collecting_less = True
                 ahead = asyncio.ensure_future(
                     asyncio.to_thread(read_batch, batch_size * PROBE_BATCHES)
                 )
@@ -364,6 +406,7 @@ async def _sync(
             await asyncio.wait([ahead])
             if not ahead.cancelled():
                 ahead.exception()
+        collector.close()
     async with ctx.session() as session, session.begin():
         await q.set_file_state(
             session, file_id=f.id, state=State.SUCCESS, task_id=ctx.task_id, counts=counts
