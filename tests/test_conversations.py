@@ -232,18 +232,16 @@ def test_saving_the_same_message_key_twice_stores_it_once(stack_env: dict[str, s
         try:
             for _ in range(2):  # a redelivered save
                 async with engine.begin() as conn:
-                    from sqlalchemy.ext.asyncio import AsyncSession
+                    await conversations.save_message(
+                        conn,
+                        message_key=key,
+                        session_id=session_id,
+                        role="user",
+                        content="once",
+                        created_at=datetime.now(UTC),
+                    )
+            from sqlalchemy.ext.asyncio import AsyncSession
 
-                    async with AsyncSession(bind=conn) as s:
-                        await conversations.save_message(
-                            s,
-                            message_key=key,
-                            session_id=session_id,
-                            role="user",
-                            content="once",
-                            created_at=datetime.now(UTC),
-                        )
-                        await s.flush()
             async with AsyncSession(bind=engine) as s:
                 return len(await conversations.history(s, session_id=session_id))
         finally:
@@ -276,14 +274,12 @@ def store_directly(
     messages' times): many at once without a task each, and with times a test chooses."""
 
     async def store() -> None:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
         engine = make_unpooled_engine(database_url)
         try:
-            async with engine.begin() as conn, AsyncSession(bind=conn) as s:
+            async with engine.begin() as conn:
                 for at, content in messages:
                     await conversations.save_message(
-                        s,
+                        conn,
                         message_key=f"direct-{uuid.uuid4()}",
                         session_id=session_id,
                         role="user",

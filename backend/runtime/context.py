@@ -6,12 +6,13 @@ never knows (or cares) where it runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 
@@ -57,6 +58,23 @@ class TaskContext:
 
     def session(self) -> AsyncSession:
         return self.session_factory()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, for a body that needs no ORM object: in an atomic
+        run the run's own (its writes commit with the run's ending, as a session's do),
+        otherwise a transaction of its own, committed when the block ends.
+
+        A session costs its begin, commit and close even when it joins the run's
+        transaction: a conversation save with BEGIN and COMMIT took 167 µs through one and
+        64 µs on the connection (a /tmp loop of 3,000 saves, atomic engine, three rounds),
+        time the run holds SQLite's write lock."""
+        bind = self.session_factory.kw["bind"]
+        if isinstance(bind, AsyncConnection):
+            yield bind
+        else:
+            async with bind.begin() as conn:
+                yield conn
 
     async def progress(
         self, current: int, total: int | None = None, message: str | None = None

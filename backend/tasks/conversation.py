@@ -30,9 +30,9 @@ def message_out(m: ConversationMessage | StoredMessage | Row[Any]) -> dict[str, 
 async def save_conversation(
     ctx: TaskContext, session_id: str, role: str, content: str, received_at: str
 ) -> dict[str, Any]:
-    async with ctx.session() as session, session.begin():
+    async with ctx.connection() as conn:
         stored = await conversations.save_message(
-            session,
+            conn,
             message_key=ctx.task_id,
             session_id=session_id,
             role=role,
@@ -130,7 +130,7 @@ async def run_turn(
     would hold the database's write lock (SQLite) while it thinks."""
     async with ctx.session() as session, session.begin():
         user = await conversations.save_message(
-            session,
+            await session.connection(),
             message_key=f"{ctx.task_id}:user",
             session_id=session_id,
             role="user",
@@ -142,9 +142,9 @@ async def run_turn(
     reply = await load_responder(ctx.settings.responder).reply(
         session_id=session_id, history=history, user_input=user_input
     )
-    async with ctx.session() as session, session.begin():
+    async with ctx.connection() as conn:
         stored = await conversations.save_message(
-            session,
+            conn,
             message_key=f"{ctx.task_id}:assistant",
             session_id=session_id,
             role="assistant",

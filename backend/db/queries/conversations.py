@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.db.models import ConversationMessage
 from backend.db.prepared import Prepared
@@ -52,7 +52,7 @@ _BY_KEY = select(*ConversationMessage.__table__.c).where(
 
 
 async def save_message(
-    session: AsyncSession,
+    conn: AsyncConnection,
     *,
     message_key: str,
     session_id: str,
@@ -60,7 +60,10 @@ async def save_message(
     content: str,
     created_at: datetime,
 ) -> StoredMessage:
-    """Insert once per ``message_key``; a second save of the same key returns the first."""
+    """Insert once per ``message_key``; a second save of the same key returns the first.
+
+    On a connection, not a session: it builds no ORM object, and a save task that opens
+    no session skips the session's begin, commit and close (tasks/conversation.py)."""
     values: dict[str, Any] = {
         "message_key": message_key,
         "session_id": session_id,
@@ -68,12 +71,11 @@ async def save_message(
         "content": content,
         "created_at": created_at,
     }
-    dialect = session.get_bind().dialect.name
-    saved = await _SAVE_PREPARED[dialect].rows(await session.connection(), values)
+    saved = await _SAVE_PREPARED[conn.dialect.name].rows(conn, values)
     if saved:
         return StoredMessage(*saved[0])
     # Saved by an earlier run of the same task.
-    stored = (await session.execute(_BY_KEY, {"message_key": message_key})).first()
+    stored = (await conn.execute(_BY_KEY, {"message_key": message_key})).first()
     assert stored is not None
     return StoredMessage(*stored)
 
