@@ -151,6 +151,7 @@ async def test_a_resync_reading_ahead_collects_less_then_puts_the_collector_back
     content = _csv({k: f"item {k}" for k in range(2000)})
     await _sync(settings, content, dataset)
     before = gc.get_threshold()
+    assert before[0] < READ_AHEAD_GC_YOUNG  # else the raise below would go unseen
     young_seen: set[int] = set()
 
     async def watch() -> None:
@@ -163,6 +164,7 @@ async def test_a_resync_reading_ahead_collects_less_then_puts_the_collector_back
         again = await _sync(settings, content + b"\n", dataset)
     finally:
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
     assert again == {"rows_read": 2000, "inserted": 0, "updated": 0, "unchanged": 2000}
     assert max(young_seen) == max(before[0], READ_AHEAD_GC_YOUNG)

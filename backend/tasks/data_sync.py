@@ -277,9 +277,10 @@ READ_AHEAD_GC_YOUNG = 100_000
 
 
 class _RarerCollections:
-    """Raises the collector's young threshold while any sync of this process reads ahead,
-    and puts back what it was when the last one stops (syncs in the API's local executor
-    may overlap; a worker's pool process runs one at a time)."""
+    """Raises the collector's young threshold from a sync's first read-ahead to the end of
+    its batches, and puts back what it was when the last such sync of this process is done
+    (syncs in the API's local executor may overlap, and the API's requests meanwhile
+    collect less often too; a worker's pool process runs one at a time)."""
 
     def __init__(self) -> None:
         self.users = 0
@@ -399,14 +400,16 @@ async def _sync(
                 f"{counts.unchanged} unchanged, {counts.rejected} rejected",
             )
     finally:
-        if ahead is not None:
-            # Leaving early (cancelled, a failed batch): the thread still holds the file's
-            # reader; let it finish, and drop what it read (the checkpoint says where the
-            # next run starts).
-            await asyncio.wait([ahead])
-            if not ahead.cancelled():
-                ahead.exception()
-        collector.close()
+        try:
+            if ahead is not None:
+                # Leaving early (cancelled, a failed batch): the thread still holds the
+                # file's reader; let it finish, and drop what it read (the checkpoint says
+                # where the next run starts).
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()
+        finally:
+            collector.close()  # also when that wait is itself cancelled (a shutdown)
     async with ctx.session() as session, session.begin():
         await q.set_file_state(
             session, file_id=f.id, state=State.SUCCESS, task_id=ctx.task_id, counts=counts
