@@ -9,7 +9,6 @@ its checkpoint, so a sync re-run after a kill resumes after its last committed b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import itertools
 import logging
@@ -284,21 +283,19 @@ class _RarerCollections:
 
     def __init__(self) -> None:
         self.users = 0
-        self.before = gc.get_threshold()
+        self.before = (0, 0, 0)  # the threshold to put back, read when the first enters
 
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
+    def enter(self) -> None:
         if self.users == 0:
             self.before = gc.get_threshold()
             young, *older = self.before
             gc.set_threshold(max(young, READ_AHEAD_GC_YOUNG), *older)
         self.users += 1
-        try:
-            yield
-        finally:
-            self.users -= 1
-            if self.users == 0:
-                gc.set_threshold(*self.before)
+
+    def leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            gc.set_threshold(*self.before)
 
 
 _rarer_collections = _RarerCollections()
@@ -350,7 +347,7 @@ async def _sync(
     # While a mostly-unchanged batch is looked up (index probes inside SQLite or
     # PostgreSQL, without the GIL), the next one is read, keyed and digested in a thread.
     ahead: asyncio.Future[Batch] | None = None
-    collector, collecting_less = contextlib.ExitStack(), False
+    collecting_less = False
     try:
         while True:
             await ctx.checkpoint()
@@ -366,7 +363,7 @@ async def _sync(
                 break
             if mostly_unchanged:
                 if not collecting_less:
-                    collector.enter_context(_rarer_collections())
+                    _rarer_collections.enter()
                     collecting_less = True
                 ahead = asyncio.ensure_future(
                     asyncio.to_thread(read_batch, batch_size * PROBE_BATCHES)
@@ -409,7 +406,8 @@ async def _sync(
                 if not ahead.cancelled():
                     ahead.exception()
         finally:
-            collector.close()  # also when that wait is itself cancelled (a shutdown)
+            if collecting_less:  # also when that wait is itself cancelled (a shutdown)
+                _rarer_collections.leave()
     async with ctx.session() as session, session.begin():
         await q.set_file_state(
             session, file_id=f.id, state=State.SUCCESS, task_id=ctx.task_id, counts=counts
