@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -38,6 +39,7 @@ from backend.db.models.base import utcnow
 from backend.db.prepared import Prepared
 from backend.db.queries import notifications
 from backend.db.sqlite_inline import InlineConnection
+from backend.db.sqlite_lock import WriteLockWatch
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -83,8 +85,8 @@ def _literal(states: frozenset[str]) -> list[Any]:
     return [literal_column(f"'{State(state).value}'") for state in sorted(states)]
 
 
-LOCK_POLLS = 20
-LOCK_POLL_SECONDS = 0.001
+LOCK_TRIES = 50
+LOCK_WAIT_SECONDS = 0.5
 
 
 class Inserter:
@@ -103,6 +105,7 @@ class Inserter:
         # SQLite: the one connection lock-free writes use, kept between them.
         self._kept: tuple[AsyncConnection, sqlite3.Connection] | None = None
         self._closed = False
+        self._watch: WriteLockWatch | None = None
 
     async def add(self, values: dict[str, Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -137,17 +140,21 @@ class Inserter:
         url = _url(self.sessions)
         engine = get_insert_engine(url)
         if url.startswith("sqlite"):
-            # Another process holds the write lock for about a millisecond a task. Looking
-            # again every millisecond on the loop gets it sooner than SQLite's own busy
-            # wait, which sleeps 1, 2, 5, 10 ms ... between tries (it cost a submission at
-            # one connection 4 ms, with a worker writing beside it).
-            for _ in range(LOCK_POLLS):
+            # Another process holds the write lock for a few hundred microseconds a task.
+            # Trying again as soon as the kernel says it is free (db/sqlite_lock.py) gets
+            # it sooner than SQLite's own busy wait, which sleeps 1, 2, 5, 10 ms ...
+            # between tries, or a 1-ms timer on the loop.
+            if self._watch is None:
+                self._watch = WriteLockWatch(make_url(url).database or ":memory:")
+            deadline = asyncio.get_running_loop().time() + LOCK_WAIT_SECONDS
+            for _ in range(LOCK_TRIES):
                 tried = await self._write_if_lock_free(engine, rows)
                 if tried is _Try.WRITTEN:
                     return
-                if tried is _Try.REFUSED:
+                left = deadline - asyncio.get_running_loop().time()
+                if tried is _Try.REFUSED or left <= 0:
                     break
-                await asyncio.sleep(LOCK_POLL_SECONDS)
+                await self._watch.released(left)
             # Waited long enough, or refused for another reason than the lock: SQLAlchemy's
             # way, on aiosqlite's thread, waits for the lock and raises its own errors (an
             # IntegrityError the caller handles, an OperationalError the API answers 503).
