@@ -38,6 +38,10 @@ def _csv(rows: dict[int, str]) -> bytes:
 
 async def _sync(settings: Settings, content: bytes, dataset: str) -> dict[str, Any]:
     file_id = await register_in_process(settings, content, dataset)
+    return await _sync_again(settings, file_id)
+
+
+async def _sync_again(settings: Settings, file_id: int) -> dict[str, Any]:
     run = await run_body(TaskName.SYNC_FILE, {"file_id": file_id}, settings=settings)
     return {k: run.result[k] for k in ("rows_read", "inserted", "updated", "unchanged")}
 
@@ -86,6 +90,31 @@ async def test_a_newer_file_counts_each_row_once_and_leaves_the_records_as_it_sa
     again = await _sync(settings, content + b"\n", dataset)
     assert again == {"rows_read": ROWS + 9, "inserted": 0, "updated": 4, "unchanged": ROWS + 5}
     assert await _records(settings, dataset) == expected
+
+
+async def test_a_file_synced_again_after_another_changed_its_rows_puts_them_back(
+    body_settings: Settings,
+) -> None:
+    # A file whose last sync succeeded probes from its first batch on (it is most likely
+    # unchanged); here that batch, and a few rows later, were changed by another file.
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    first = {k: f"item {k}" for k in range(ROWS)}
+    file_id = await register_in_process(settings, _csv(first), dataset)
+    assert await _sync_again(settings, file_id) == {
+        "rows_read": ROWS, "inserted": ROWS, "updated": 0, "unchanged": 0,
+    }  # fmt: skip
+    changed = [*range(100), 500, 999]
+    await _sync(settings, _csv({k: f"other {k}" for k in changed}), dataset)
+
+    assert await _sync_again(settings, file_id) == {
+        "rows_read": ROWS, "inserted": 0, "updated": len(changed),
+        "unchanged": ROWS - len(changed),
+    }  # fmt: skip
+    assert await _records(settings, dataset) == {f"S{k:05d}": v for k, v in first.items()}
+    assert await _sync_again(settings, file_id) == {
+        "rows_read": ROWS, "inserted": 0, "updated": 0, "unchanged": ROWS,
+    }  # fmt: skip
 
 
 async def test_batches_of_new_changed_and_unchanged_rows_count_each_row_once(

@@ -264,6 +264,7 @@ async def _set_state(ctx: TaskContext, file_id: int, state: str) -> None:
 # 88,051-91,095 (SQLite); CSV on SQLite 178,788-193,688 against 135,543-148,211.
 # Eight batches were no faster than four (70,087-81,860 rows/s on PostgreSQL).
 PROBE_BATCHES = 4
+FIRST_PROBE_ROWS = 1_000
 
 # While a re-sync reads ahead, two batches of PROBE_BATCHES x SYNC_BATCH_SIZE rows are alive
 # at once, each row a list and a tuple the collector tracks: at the worker's young threshold
@@ -333,7 +334,12 @@ async def _sync(
             await q.note_columns(session, name=f.dataset, columns=info.columns)
             await ctx.hold(session)
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
-    mostly_unchanged = False
+    # A file whose last sync succeeded is most likely synced again unchanged: probe from
+    # its first batch on, and make that batch small, since it is read before anything
+    # else can run beside it (the batches after it are read ahead). A wrong guess costs
+    # one small batch's probe; each batch's outcome sets the next one's way, as before.
+    mostly_unchanged = f.last_sync_state == State.SUCCESS
+    first_batch = min(batch_size, FIRST_PROBE_ROWS) if mostly_unchanged else batch_size
     done = checkpoint.rows_done if checkpoint is not None else 0
     rows = readers.iter_rows(path, info)
     shape = RowShape(info.columns, keys)
@@ -352,7 +358,8 @@ async def _sync(
         while True:
             await ctx.checkpoint()
             if ahead is None:
-                batch = await asyncio.to_thread(read_batch)
+                batch = await asyncio.to_thread(read_batch, first_batch)
+                first_batch = batch_size
             else:
                 # Shielded: a cancelled body must not cancel the read, which goes on in
                 # its thread whatever happens; the finally below waits for it.
