@@ -66,7 +66,7 @@ class TaskFailed(Exception):
 
 @dataclass(frozen=True)
 class Submission:
-    run: TaskRun
+    run: TaskRun | ledger.NewRun
     created: bool
 
 
