@@ -1,15 +1,17 @@
 """Waiting for SQLite's write lock by the kernel's word (backend/db/sqlite_lock.py): the
 wait ends when the writer lets go, not before and not a poll later; it gives up at its
-timeout; and it never loosens the locks SQLite's own connections in this process hold."""
+timeout; it follows SQLite to a new ``-shm`` file; it never loosens the locks SQLite's own
+connections in this process hold; and without a helper it falls back to polling."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,13 @@ def database(tmp_path: Path) -> Iterator[str]:
     conn.close()
 
 
+@pytest.fixture
+async def watch(database: str) -> AsyncIterator[WriteLockWatch]:
+    watched = WriteLockWatch(database)
+    yield watched
+    watched.close()
+
+
 def _hold_in_another_process(path: str, seconds: float) -> subprocess.Popen[str]:
     """A writer in another process: takes the lock, says so, holds it ``seconds``."""
     script = (
@@ -45,6 +54,13 @@ def _hold_in_another_process(path: str, seconds: float) -> subprocess.Popen[str]
     return holder
 
 
+def _stop(holder: subprocess.Popen[str]) -> None:
+    holder.kill()
+    holder.wait()
+    if holder.stdout is not None:
+        holder.stdout.close()
+
+
 def _try_to_write(path: str) -> str:
     """What another process's writer, not waiting at all, gets."""
     script = (
@@ -57,57 +73,62 @@ def _try_to_write(path: str) -> str:
     return done.stdout.strip()
 
 
-async def test_the_wait_ends_when_the_other_process_lets_go(database: str) -> None:
-    watch = WriteLockWatch(database)
+async def _timed(watch: WriteLockWatch, timeout: float) -> tuple[bool, float]:
+    started = time.monotonic()
+    free = await watch.released(timeout)
+    return free, time.monotonic() - started
+
+
+async def test_the_wait_ends_when_the_other_process_lets_go(
+    database: str, watch: WriteLockWatch
+) -> None:
     holder = _hold_in_another_process(database, seconds=0.6)
     try:
-        started = time.monotonic()
-        await watch.released(timeout=10)
-        waited = time.monotonic() - started
+        free, waited = await _timed(watch, timeout=10)
         assert holder.stdout is not None and holder.stdout.readline() == "released\n"
     finally:
-        holder.kill()
-        holder.wait()
+        _stop(holder)
+    assert not free  # it was held when asked
     assert 0.3 <= waited < 5  # it waited for the commit, and did not run to its timeout
-    assert _try_to_write(database) == "written"
+    assert _try_to_write(database) == "written"  # and holds nothing after
 
 
 async def test_a_free_lock_is_reported_at_once_and_a_held_one_at_the_timeout(
-    database: str,
+    database: str, watch: WriteLockWatch
 ) -> None:
-    watch = WriteLockWatch(database)
-    started = time.monotonic()
-    await watch.released(timeout=10)
-    assert time.monotonic() - started < 2
+    free, waited = await _timed(watch, timeout=10)
+    assert free and waited < 5
 
     holder = _hold_in_another_process(database, seconds=30)
     try:
-        started = time.monotonic()
-        await watch.released(timeout=0.3)
-        assert 0.25 <= time.monotonic() - started < 5
-        # Two callers while the wait is still in flight share it.
-        both = asyncio.gather(watch.released(timeout=0.2), watch.released(timeout=0.2))
-        await both
+        free, waited = await _timed(watch, timeout=0.3)
+        assert not free and 0.25 <= waited < 5
+        # The wait goes on in the helper; two callers meanwhile share it, and time out.
+        both = await asyncio.gather(watch.released(timeout=0.2), watch.released(timeout=0.2))
+        assert both == [False, False]
     finally:
-        holder.kill()
-        holder.wait()
-    # The holder died with its transaction: the thread's wait ends, a new one is free.
-    started = time.monotonic()
-    await watch.released(timeout=10)
-    assert time.monotonic() - started < 5
+        _stop(holder)
+    # The holder died with its transaction: the helper's wait ends, and the next is free.
+    free, waited = await _timed(watch, timeout=10)
+    assert waited < 5
+    free, waited = await _timed(watch, timeout=10)
+    assert free and waited < 5
 
 
-async def test_waiting_never_loosens_this_processs_own_sqlite_locks(database: str) -> None:
-    """An OFD lock is the descriptor's, not the process's: taking and dropping it beside a
-    connection of this process that holds the write lock leaves that lock held."""
-    watch = WriteLockWatch(database)
-    own = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+async def test_waiting_never_loosens_this_processs_own_sqlite_locks(
+    database: str, watch: WriteLockWatch
+) -> None:
+    """The helper's lock is its own: it waits for a writer in this process too, and the
+    lock that writer holds stays held."""
+    own = sqlite3.connect(database, isolation_level=None)
     try:
         own.execute("BEGIN IMMEDIATE")
-        await watch.released(timeout=0.2)  # blocked by our own connection's lock
+        free, _ = await _timed(watch, timeout=0.3)
+        assert not free  # blocked by our own connection's lock
         assert _try_to_write(database) == "database is locked"
         own.execute("COMMIT")
-        await watch.released(timeout=10)  # the thread's wait ended with the commit
+        free, waited = await _timed(watch, timeout=10)  # that wait ends with the commit
+        assert waited < 5
         own.execute("BEGIN IMMEDIATE")
         await watch.released(timeout=0.1)
         assert _try_to_write(database) == "database is locked"
@@ -117,8 +138,62 @@ async def test_waiting_never_loosens_this_processs_own_sqlite_locks(database: st
     assert _try_to_write(database) == "written"
 
 
-async def test_without_a_shm_file_it_falls_back_to_a_short_sleep(tmp_path: Path) -> None:
-    watch = WriteLockWatch(str(tmp_path / "never-opened.db"))
-    started = time.monotonic()
-    await watch.released(timeout=10)
-    assert time.monotonic() - started < 1
+async def test_it_follows_sqlite_to_a_new_shm_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "renewed.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+    watch = WriteLockWatch(path)
+    try:
+        assert await watch.released(timeout=10)  # the helper has the first -shm open
+        conn.close()  # the last connection: SQLite deletes the -shm file
+        assert not await asyncio.to_thread(os.path.exists, f"{path}-shm")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("SELECT count(*) FROM items").fetchall()  # a new -shm
+        holder = _hold_in_another_process(path, seconds=30)
+        try:
+            free, waited = await _timed(watch, timeout=0.3)
+            assert not free and waited >= 0.25  # it waits on the new file's lock
+        finally:
+            _stop(holder)
+    finally:
+        watch.close()
+        conn.close()
+
+
+async def test_without_a_helper_it_polls(database: str, tmp_path: Path) -> None:
+    # No -shm file (never opened, or not WAL): a 1-ms sleep, reported as free.
+    never = WriteLockWatch(str(tmp_path / "never-opened.db"))
+    free, waited = await _timed(never, timeout=10)
+    assert free and waited < 1
+
+    # A helper that died: the watch gives up on helpers and polls from then on.
+    watch = WriteLockWatch(database)
+    try:
+        assert await watch.released(timeout=10)
+        assert watch._helper is not None
+        watch._helper.kill()
+        watch._helper.wait()
+        holder = _hold_in_another_process(database, seconds=30)
+        try:
+            for _ in range(2):
+                free, waited = await _timed(watch, timeout=10)
+                assert free and waited < 1
+        finally:
+            _stop(holder)
+        assert watch._helper is None
+    finally:
+        watch.close()
+
+
+async def test_closing_ends_a_wait_in_flight(database: str) -> None:
+    watch = WriteLockWatch(database)
+    holder = _hold_in_another_process(database, seconds=30)
+    try:
+        waiting = asyncio.ensure_future(watch.released(timeout=10))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        watch.close()
+        assert await asyncio.wait_for(waiting, 5) is True
+    finally:
+        _stop(holder)

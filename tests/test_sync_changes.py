@@ -1,8 +1,9 @@
 """A newer file over a dataset, batch by batch (issue 14): each row counts once as
 inserted, updated or unchanged, in file order, and the records end as the newer file
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
-asks which rows differ before it sends any (``upsert_records(mostly_unchanged=True)``;
-SQLite in one statement, the batch's key and digest pairs as a JSON object joined to the
+(and every batch of a file whose last sync succeeded, the first a small one) asks which
+rows differ before it sends any (``upsert_records(mostly_unchanged=True)``; SQLite in one
+statement, the batch's key and digest pairs as a JSON object joined to the
 records), while the next batch is read; such batches hold four batches' rows. Other
 batches: on PostgreSQL one INSERT … SELECT whose RETURNING tells inserted from updated;
 on SQLite, written whole and counted afterwards from the upsert's changes and the rise of
@@ -19,6 +20,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from backend.config import Settings
@@ -26,6 +28,7 @@ from backend.constants import TaskName
 from backend.db.engine import get_session_factory
 from backend.db.models import Record
 from backend.runtime.inprocess import run_body
+from backend.tasks import data_sync
 from backend.tasks.data_sync import READ_AHEAD_GC_YOUNG
 from tests.helpers import register_in_process
 
@@ -93,24 +96,40 @@ async def test_a_newer_file_counts_each_row_once_and_leaves_the_records_as_it_sa
 
 
 async def test_a_file_synced_again_after_another_changed_its_rows_puts_them_back(
-    body_settings: Settings,
+    body_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A file whose last sync succeeded probes from its first batch on (it is most likely
-    # unchanged); here that batch, and a few rows later, were changed by another file.
+    # unchanged), and that batch is small; here it, and a few rows later, were changed by
+    # another file.
     settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    monkeypatch.setattr(data_sync, "FIRST_PROBE_ROWS", 30)
+    batches: list[tuple[int, bool]] = []
+    upsert = data_sync.q.upsert_records
+
+    async def seen(*args: Any, **kwargs: Any) -> Any:
+        batches.append((len(kwargs["rows"]), kwargs["mostly_unchanged"]))
+        return await upsert(*args, **kwargs)
+
+    monkeypatch.setattr(data_sync.q, "upsert_records", seen)
     dataset = f"changes_{uuid.uuid4().hex[:8]}"
     first = {k: f"item {k}" for k in range(ROWS)}
     file_id = await register_in_process(settings, _csv(first), dataset)
     assert await _sync_again(settings, file_id) == {
         "rows_read": ROWS, "inserted": ROWS, "updated": 0, "unchanged": 0,
     }  # fmt: skip
-    changed = [*range(100), 500, 999]
+    assert batches[:2] == [(100, False), (100, False)]  # never synced: no guess
+    changed = [*range(30), 500, 999]
     await _sync(settings, _csv({k: f"other {k}" for k in changed}), dataset)
 
+    batches.clear()
     assert await _sync_again(settings, file_id) == {
         "rows_read": ROWS, "inserted": 0, "updated": len(changed),
         "unchanged": ROWS - len(changed),
     }  # fmt: skip
+    # The first batch, all changed, was probed; the next, four batches' rows read meanwhile,
+    # is written whole (the batch before was all changed); it was mostly unchanged, so the
+    # one after is probed again.
+    assert batches[:3] == [(30, True), (400, False), (100, True)]
     assert await _records(settings, dataset) == {f"S{k:05d}": v for k, v in first.items()}
     assert await _sync_again(settings, file_id) == {
         "rows_read": ROWS, "inserted": 0, "updated": 0, "unchanged": ROWS,
@@ -154,8 +173,8 @@ async def test_two_syncs_at_once_each_count_only_their_own_rows(body_settings: S
 async def test_keys_with_quotes_backslashes_and_any_script_are_probed_as_stored(
     body_settings: Settings,
 ) -> None:
-    # A re-sync probes from its second batch on (SQLite: the keys are labels of one JSON
-    # object, PostgreSQL: lines of one text); every key must come back unchanged.
+    # A new file of known rows probes from its second batch on (SQLite: the keys are labels
+    # of one JSON object, PostgreSQL: lines of one text); every key must come back unchanged.
     settings = body_settings.model_copy(update={"sync_batch_size": 10})
     dataset = f"changes_{uuid.uuid4().hex[:8]}"
     odd = ['a"b', "c\\d", "北京 ü", "e,f", "g'h", "tab\there", "😀", "[x]", "{y}", "\\u0041"]

@@ -9,107 +9,149 @@ here instead, for the kernel to say the lock is free.
 In WAL mode every writer holds an exclusive fcntl lock on byte 120 of the database's
 ``-shm`` file for as long as its write transaction lasts (WAL_WRITE_LOCK, the first of
 the wal-index's lock bytes; https://sqlite.org/walformat.html documents them for the
-unix VFS). A thread asks for a shared lock on that byte with an open-file-description
-lock (``F_OFD_SETLKW``), which blocks until the writer lets go, and gives it back at
-once. Being an OFD lock it belongs to this module's own descriptor, not to the process:
-taking and giving it back never touches the locks SQLite's connections in this process
-hold, as a POSIX lock on the same file would. The descriptor is never closed while the
-file is in use, since closing any descriptor of a file drops every POSIX lock the
-process holds on it (SQLite's included).
+unix VFS). Asking for a shared lock on that byte (an open-file-description lock,
+``F_OFD_SETLKW``) blocks until the writer lets go; given back at once, it tells us the
+lock is free.
 
-Linux only (OFD locks); elsewhere, or without a ``-shm`` file, ``released`` sleeps one
-millisecond, the old poll.
+The asking is done by a small helper process, one per watch, not by a thread of ours:
+* between getting the shared lock and giving it back a thread would need the GIL again,
+  which the busy event loop may hold for up to the 5-ms switch interval, while every
+  writer (a worker starting its next task) is refused the lock;
+* the helper holds no SQLite connection, so its descriptor of the ``-shm`` file cannot
+  take the POSIX locks of SQLite's connections with it when closed (closing any
+  descriptor of a file drops every POSIX lock its process holds on it).
+The loop writes a byte to ask and reads the helper's one-byte answer as a reader callback:
+``f`` the lock was free when asked, ``r`` it was released. The helper ends when its
+standard input closes (the API stops or dies).
+
+Where OFD locks are missing (not Linux, an old kernel, a sandbox that refuses them) or the
+database has no ``-shm`` file, the helper says ``x`` and exits, and ``released`` sleeps
+one millisecond, the poll this replaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import queue
-import struct
-import threading
+import subprocess
+import sys
 
 WAL_WRITE_LOCK_BYTE = 120
 POLL_SECONDS = 0.001
 
-# -1 where the platform has no OFD locks.
-_OFD_WAIT: int = getattr(fcntl, "F_OFD_SETLKW", -1)
-_OFD_SET: int = getattr(fcntl, "F_OFD_SETLK", -1)
-
-_Request = tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]
-
-
-def _flock(kind: int) -> bytes:
-    """``struct flock`` for the write-lock byte (l_pid must be 0 for an OFD lock)."""
-    return struct.pack("hhqqi", kind, os.SEEK_SET, WAL_WRITE_LOCK_BYTE, 1, 0)
-
-
-_SHARE = _flock(fcntl.F_RDLCK)
-_UNLOCK = _flock(fcntl.F_UNLCK)
+HELPER = f"""
+import fcntl, os, struct, sys
+SHARE = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, {WAL_WRITE_LOCK_BYTE}, 1, 0)
+FREE = struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, {WAL_WRITE_LOCK_BYTE}, 1, 0)
+path, fd = sys.argv[1], -1
+try:
+    while os.read(0, 1):
+        if fd < 0 or os.fstat(fd).st_nlink == 0:  # SQLite deleted the file: open the new one
+            if fd >= 0:
+                os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, SHARE)
+            answer = b"f"
+        except BlockingIOError:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, SHARE)
+            answer = b"r"
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, FREE)
+        os.write(1, answer)
+except Exception:
+    os.write(1, b"x")
+"""
 
 
 class WriteLockWatch:
-    """One database file's write lock, waited on by one daemon thread (a daemon: a wait
-    on a writer that never lets go must not hold up the interpreter's exit). One wait is
-    in flight at a time; callers that come meanwhile share it."""
+    """One database file's write lock, watched by one helper process; one wait is in
+    flight at a time, and callers that come meanwhile share it. Use it from one event
+    loop (the Inserter's)."""
 
     def __init__(self, database: str) -> None:
         self.shm_path = f"{database}-shm"
-        self._fd: int | None = None
-        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._waiting: asyncio.Future[None] | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._waiting: asyncio.Future[bool] | None = None
+        self._reading: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._unsupported = sys.platform != "linux"
 
-    async def released(self, timeout: float) -> None:
+    async def released(self, timeout: float) -> bool:
         """Return when no other process holds the write lock (perhaps at once), or after
-        ``timeout`` seconds, whichever is first. Another writer may take the lock again
-        before the caller does: the caller tries, and comes back here if it lost."""
+        ``timeout`` seconds, whichever is first: True when it was free when asked (or no
+        helper could tell), so whatever refused the caller was not the write lock and the
+        caller should not ask again at once. Another writer may take the lock before the
+        caller does: the caller tries, and comes back here if it lost."""
         if self._waiting is None or self._waiting.done():
-            fd = self._open()
-            if fd is None:
+            helper = self._start()
+            if helper is None:
                 await asyncio.sleep(POLL_SECONDS)
-                return
+                return True
+            assert helper.stdin is not None and helper.stdout is not None
             loop = asyncio.get_running_loop()
-            self._waiting = loop.create_future()
-            self._requests.put((fd, loop, self._waiting))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._serve, name="sqlite-write-lock", daemon=True
-                )
-                self._thread.start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._waiting), timeout)
+            self._waiting = waiting = loop.create_future()
+            answers = helper.stdout.fileno()
+            loop.add_reader(answers, self._answered, answers, waiting)
+            self._reading = loop, answers
+            try:
+                helper.stdin.write(b"w")
+            except OSError:  # the helper is gone
+                self._give_up()
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._waiting)
+        except TimeoutError:
+            return False
 
-    def _open(self) -> int | None:
-        """The ``-shm`` file's descriptor, opened again when SQLite has deleted the file
-        (its last connection closed: nobody holds a lock on the old one then). Runs only
-        while no wait is in flight, so the thread never waits on a closed descriptor."""
-        if _OFD_WAIT == -1:
+    def _answered(self, answers: int, waiting: asyncio.Future[bool]) -> None:
+        self._stop_reading()
+        try:
+            answer = os.read(answers, 1)
+        except OSError:
+            answer = b""
+        if answer not in (b"f", b"r"):
+            self._give_up()  # the helper could not watch, or is gone
+        if not waiting.done():
+            waiting.set_result(answer != b"r")
+
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        if self._unsupported:
             return None
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            os.close(self._fd)
-            self._fd = None
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.shm_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None
-        return self._fd
+        if self._helper is None:
+            if not os.path.exists(self.shm_path):
+                return None  # not in WAL mode yet, or an in-memory database
+            self._helper = subprocess.Popen(
+                [sys.executable, "-c", HELPER, self.shm_path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+            )
+        return self._helper
 
-    def _serve(self) -> None:
-        while True:
-            fd, loop, waiting = self._requests.get()
-            try:
-                fcntl.fcntl(fd, _OFD_WAIT, _SHARE)
-                fcntl.fcntl(fd, _OFD_SET, _UNLOCK)
-            except OSError:
-                pass  # the caller tries SQLite again, which reports what is wrong
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(_settle, waiting)
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
+            (loop, answers), self._reading = self._reading, None
+            loop.remove_reader(answers)
 
+    def _give_up(self) -> None:
+        self.close()
 
-def _settle(waiting: asyncio.Future[None]) -> None:
-    if not waiting.done():
-        waiting.set_result(None)
+    def close(self) -> None:
+        """Stop the helper for good (waits poll from now on), also when a wait is in
+        flight (it is blocked on the lock): the callers sharing that wait return as if
+        the lock were free. Call on the loop."""
+        self._unsupported = True
+        self._stop_reading()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(True)
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            with contextlib.suppress(OSError):
+                helper.kill()
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                helper.wait(1)
+            for pipe in (helper.stdin, helper.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()

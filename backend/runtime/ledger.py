@@ -87,6 +87,7 @@ def _literal(states: frozenset[str]) -> list[Any]:
 
 LOCK_TRIES = 50
 LOCK_WAIT_SECONDS = 0.5
+LOCK_POLL_SECONDS = 0.001
 
 
 class Inserter:
@@ -146,15 +147,18 @@ class Inserter:
             # between tries, or a 1-ms timer on the loop.
             if self._watch is None:
                 self._watch = WriteLockWatch(make_url(url).database or ":memory:")
-            deadline = asyncio.get_running_loop().time() + LOCK_WAIT_SECONDS
+            loop = asyncio.get_running_loop()
+            deadline, free = loop.time() + LOCK_WAIT_SECONDS, False
             for _ in range(LOCK_TRIES):
                 tried = await self._write_if_lock_free(engine, rows)
                 if tried is _Try.WRITTEN:
                     return
-                left = deadline - asyncio.get_running_loop().time()
+                left = deadline - loop.time()
                 if tried is _Try.REFUSED or left <= 0:
                     break
-                await self._watch.released(left)
+                if free:  # busy, though the write lock was free when last asked: not spin
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+                free = await self._watch.released(left)
             # Waited long enough, or refused for another reason than the lock: SQLAlchemy's
             # way, on aiosqlite's thread, waits for the lock and raises its own errors (an
             # IntegrityError the caller handles, an OperationalError the API answers 503).
@@ -211,6 +215,8 @@ class Inserter:
         """The runtime stops: give the kept connection back, and keep none from now on (a
         flush still running goes SQLAlchemy's way)."""
         self._closed = True
+        if self._watch is not None:
+            self._watch.close()
         await self._forget()
 
     async def _forget(self) -> None:

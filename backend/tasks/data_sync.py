@@ -337,7 +337,8 @@ async def _sync(
     # A file whose last sync succeeded is most likely synced again unchanged: probe from
     # its first batch on, and make that batch small, since it is read before anything
     # else can run beside it (the batches after it are read ahead). A wrong guess costs
-    # one small batch's probe; each batch's outcome sets the next one's way, as before.
+    # that batch's probe, and the rows read ahead meanwhile (four batches' worth) are
+    # then written as one batch; from there each batch's outcome sets the next one's way.
     mostly_unchanged = f.last_sync_state == State.SUCCESS
     first_batch = min(batch_size, FIRST_PROBE_ROWS) if mostly_unchanged else batch_size
     done = checkpoint.rows_done if checkpoint is not None else 0
@@ -393,9 +394,9 @@ async def _sync(
                 )
                 await ctx.hold(session)
             metrics.rows_synced(batch_counts.as_dict())  # committed: counted once
-            # A re-sync of an unchanged file: from its second batch on, the database is
-            # asked which rows differ before any is sent (q.upsert_records), and the next
-            # batch is read meanwhile.
+            # A sync of a mostly unchanged file (found so by this batch, or guessed from
+            # the file's last sync above): the database is asked which rows differ before
+            # any is sent (q.upsert_records), and the next batch is read meanwhile.
             mostly_unchanged = batch_counts.unchanged * 2 > len(good)
             await ctx.progress(
                 done,
