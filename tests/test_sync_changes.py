@@ -1,7 +1,7 @@
 """A newer file over a dataset, batch by batch (issue 14): each row counts once as
 inserted, updated or unchanged, in file order, and the records end as the newer file
 says, whichever path a batch took. On PostgreSQL a batch after a mostly-unchanged one
-(and every batch of a file whose last sync succeeded, the first a small one) asks which
+(and the first batch, a small one, of a file whose last sync succeeded) asks which
 rows differ before it sends any (``upsert_records(mostly_unchanged=True)``; SQLite in one
 statement, the batch's key and digest pairs as a JSON object joined to the
 records), while the next batch is read; such batches hold four batches' rows. Other

@@ -10,8 +10,9 @@ In WAL mode every writer holds an exclusive fcntl lock on byte 120 of the databa
 ``-shm`` file for as long as its write transaction lasts (WAL_WRITE_LOCK, the first of
 the wal-index's lock bytes; https://sqlite.org/walformat.html documents them for the
 unix VFS). Asking for a shared lock on that byte (an open-file-description lock,
-``F_OFD_SETLKW``) blocks until the writer lets go; given back at once, it tells us the
-lock is free.
+``F_OFD_SETLKW``) blocks until the writer lets go; given back at once (two system calls
+later, during which a writer trying to begin is refused and sleeps in SQLite's busy
+handler), it tells us the lock is free.
 
 The asking is done by a small helper process, one per watch, not by a thread of ours:
 * between getting the shared lock and giving it back a thread would need the GIL again,
@@ -24,18 +25,21 @@ The loop writes a byte to ask and reads the helper's one-byte answer as a reader
 ``f`` the lock was free when asked, ``r`` it was released. The helper ends when its
 standard input closes (the API stops or dies).
 
-Where OFD locks are missing (not Linux, an old kernel, a sandbox that refuses them) or the
-database has no ``-shm`` file, the helper says ``x`` and exits, and ``released`` sleeps
-one millisecond, the poll this replaces.
+Where OFD locks are missing (not Linux, an old kernel, a sandbox that refuses them), the
+helper cannot start, or the database has no ``-shm`` file, the helper says ``x`` and
+exits (or never starts), and ``released`` sleeps one millisecond, the poll this replaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import sys
+
+log = logging.getLogger(__name__)
 
 WAL_WRITE_LOCK_BYTE = 120
 POLL_SECONDS = 0.001
@@ -60,7 +64,10 @@ try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, FREE)
         os.write(1, answer)
 except Exception:
-    os.write(1, b"x")
+    try:
+        os.write(1, b"x")
+    except OSError:
+        pass  # the API is gone
 """
 
 
@@ -76,17 +83,23 @@ class WriteLockWatch:
         self._reading: tuple[asyncio.AbstractEventLoop, int] | None = None
         self._unsupported = sys.platform != "linux"
 
+    def start(self) -> None:
+        """Start the helper now, if it can be (a Python start, tens of milliseconds, that
+        the first wait would otherwise spend)."""
+        self._start()
+
     async def released(self, timeout: float) -> bool:
         """Return when no other process holds the write lock (perhaps at once), or after
-        ``timeout`` seconds, whichever is first: True when it was free when asked (or no
-        helper could tell), so whatever refused the caller was not the write lock and the
-        caller should not ask again at once. Another writer may take the lock before the
-        caller does: the caller tries, and comes back here if it lost."""
+        ``timeout`` seconds, whichever is first: True when it was free when asked, so
+        whatever refused the caller was not the write lock and the caller should not ask
+        again at once; False when it waited (or, without a helper, slept a millisecond).
+        Another writer may take the lock before the caller does: the caller tries, and
+        comes back here if it lost."""
         if self._waiting is None or self._waiting.done():
             helper = self._start()
             if helper is None:
                 await asyncio.sleep(POLL_SECONDS)
-                return True
+                return False
             assert helper.stdin is not None and helper.stdout is not None
             loop = asyncio.get_running_loop()
             self._waiting = waiting = loop.create_future()
@@ -96,6 +109,7 @@ class WriteLockWatch:
             try:
                 helper.stdin.write(b"w")
             except OSError:  # the helper is gone
+                log.warning("the SQLite write-lock helper is gone; polling from now on")
                 self._give_up()
         try:
             async with asyncio.timeout(timeout):
@@ -110,7 +124,8 @@ class WriteLockWatch:
         except OSError:
             answer = b""
         if answer not in (b"f", b"r"):
-            self._give_up()  # the helper could not watch, or is gone
+            log.warning("the SQLite write-lock helper stopped (%r); polling from now on", answer)
+            self._give_up()
         if not waiting.done():
             waiting.set_result(answer != b"r")
 
@@ -120,13 +135,20 @@ class WriteLockWatch:
         if self._helper is None:
             if not os.path.exists(self.shm_path):
                 return None  # not in WAL mode yet, or an in-memory database
-            self._helper = subprocess.Popen(
-                [sys.executable, "-c", HELPER, self.shm_path],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-                close_fds=True,
-            )
+            try:
+                self._helper = subprocess.Popen(
+                    # -I -S: no site packages to import, no environment to read
+                    [sys.executable, "-I", "-S", "-c", HELPER, self.shm_path],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    bufsize=0,
+                    close_fds=True,
+                    start_new_session=True,  # a Ctrl-C in the terminal is the API's
+                )
+            except OSError:
+                log.warning("cannot start the SQLite write-lock helper; polling", exc_info=True)
+                self._unsupported = True
+                return None
         return self._helper
 
     def _stop_reading(self) -> None:

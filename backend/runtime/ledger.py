@@ -145,12 +145,13 @@ class Inserter:
             # Trying again as soon as the kernel says it is free (db/sqlite_lock.py) gets
             # it sooner than SQLite's own busy wait, which sleeps 1, 2, 5, 10 ms ...
             # between tries, or a 1-ms timer on the loop.
-            if self._watch is None:
-                self._watch = WriteLockWatch(make_url(url).database or ":memory:")
             loop = asyncio.get_running_loop()
             deadline, free = loop.time() + LOCK_WAIT_SECONDS, False
             for _ in range(LOCK_TRIES):
                 tried = await self._write_if_lock_free(engine, rows)
+                if self._watch is None:  # the first write: its connection keeps the -shm file
+                    self._watch = WriteLockWatch(make_url(url).database or ":memory:")
+                    self._watch.start()
                 if tried is _Try.WRITTEN:
                     return
                 left = deadline - loop.time()
@@ -265,11 +266,11 @@ class NewRun:
     executor: str
     submitted_at: datetime
     attempts: int = 0
-    progress: None = None
-    result: None = None
-    error: None = None
-    started_at: None = None
-    finished_at: None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 async def insert_run(
