@@ -83,11 +83,6 @@ class WriteLockWatch:
         self._reading: tuple[asyncio.AbstractEventLoop, int] | None = None
         self._unsupported = sys.platform != "linux"
 
-    def start(self) -> None:
-        """Start the helper now, if it can be (a Python start, tens of milliseconds, that
-        the first wait would otherwise spend)."""
-        self._start()
-
     async def released(self, timeout: float) -> bool:
         """Return when no other process holds the write lock (perhaps at once), or after
         ``timeout`` seconds, whichever is first: True when it was free when asked, so
@@ -96,7 +91,7 @@ class WriteLockWatch:
         Another writer may take the lock before the caller does: the caller tries, and
         comes back here if it lost."""
         if self._waiting is None or self._waiting.done():
-            helper = self._start()
+            helper = self.start()
             if helper is None:
                 await asyncio.sleep(POLL_SECONDS)
                 return False
@@ -110,7 +105,7 @@ class WriteLockWatch:
                 helper.stdin.write(b"w")
             except OSError:  # the helper is gone
                 log.warning("the SQLite write-lock helper is gone; polling from now on")
-                self._give_up()
+                self.close()
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(self._waiting)
@@ -125,11 +120,13 @@ class WriteLockWatch:
             answer = b""
         if answer not in (b"f", b"r"):
             log.warning("the SQLite write-lock helper stopped (%r); polling from now on", answer)
-            self._give_up()
+            self.close()
         if not waiting.done():
             waiting.set_result(answer != b"r")
 
-    def _start(self) -> subprocess.Popen[bytes] | None:
+    def start(self) -> subprocess.Popen[bytes] | None:
+        """The helper, started now if it is not running and can be (a Python start, tens
+        of milliseconds, that a first wait would otherwise spend); None when waits poll."""
         if self._unsupported:
             return None
         if self._helper is None:
@@ -155,9 +152,6 @@ class WriteLockWatch:
         if self._reading is not None:
             (loop, answers), self._reading = self._reading, None
             loop.remove_reader(answers)
-
-    def _give_up(self) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the helper for good (waits poll from now on), also when a wait is in

@@ -28,7 +28,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -39,7 +38,7 @@ from backend.db.models.base import utcnow
 from backend.db.prepared import Prepared
 from backend.db.queries import notifications
 from backend.db.sqlite_inline import InlineConnection
-from backend.db.sqlite_lock import WriteLockWatch
+from backend.db.sqlite_lock import POLL_SECONDS, WriteLockWatch
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -87,7 +86,6 @@ def _literal(states: frozenset[str]) -> list[Any]:
 
 LOCK_TRIES = 50
 LOCK_WAIT_SECONDS = 0.5
-LOCK_POLL_SECONDS = 0.001
 
 
 class Inserter:
@@ -150,7 +148,7 @@ class Inserter:
             for _ in range(LOCK_TRIES):
                 tried = await self._write_if_lock_free(engine, rows)
                 if self._watch is None:  # the first write: its connection keeps the -shm file
-                    self._watch = WriteLockWatch(make_url(url).database or ":memory:")
+                    self._watch = WriteLockWatch(engine.url.database or ":memory:")
                     self._watch.start()
                 if tried is _Try.WRITTEN:
                     return
@@ -158,7 +156,7 @@ class Inserter:
                 if tried is _Try.REFUSED or left <= 0:
                     break
                 if free:  # busy, though the write lock was free when last asked: not spin
-                    await asyncio.sleep(LOCK_POLL_SECONDS)
+                    await asyncio.sleep(POLL_SECONDS)
                 free = await self._watch.released(left)
             # Waited long enough, or refused for another reason than the lock: SQLAlchemy's
             # way, on aiosqlite's thread, waits for the lock and raises its own errors (an
