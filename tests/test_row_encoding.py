@@ -155,6 +155,71 @@ def test_json_lines_read_exactly_as_json_reads_them_even_where_orjson_would_not(
     assert json.loads(stored.data_json()) == json.loads(lines[7])
 
 
+TRICKY_LINES = [
+    b'{"id": 1, "s": "plain"}\r\n',  # a Windows line end
+    b'{"id": 2, "n": 1.5, "l": [1, 2]}\n',  # not flat and exact: json's way
+    b"   \t\n",  # blank by ASCII's whitespace
+    "\u3000\x1c\n".encode(),  # blank by str.strip's whitespace only
+    b'{"id": 3, "big": 123456789012345678901234567890}\n',
+    b'{"id": 4, "bad": }\r\n',  # json's message, its position counted without the \r
+    b"[1, 2]\n",
+    b'{"id": 5, "v": "\xe6\xb1\x89\xe5\xad\x97"}\n',  # CJK: 3 bytes a character
+]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"", id="only-lines-the-bytes-path-reads"),
+        pytest.param(b'{"id": 6}\r{"id": 7}\n{"id": 8}\n', id="a-bare-carriage-return"),
+        pytest.param(
+            b'{"id": 6, "v": "' + "\u6c49".encode() * 30 + b'"}\n{"id": 7}\n',
+            id="more-bytes-than-the-limit-but-fewer-characters",
+        ),
+        pytest.param(
+            b'{"id": 6, "v": "' + b"x" * 100 + b'"}\n{"id": 7}\n',
+            id="more-characters-than-the-limit",
+        ),
+        pytest.param(b'{"id": 6}\r', id="a-carriage-return-at-the-end"),
+    ],
+)
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["no-bom", "bom"])
+def test_utf8_json_lines_read_as_bytes_give_what_the_text_reader_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: bytes, bom: bytes
+) -> None:
+    """UTF-8 JSON Lines are read as bytes (orjson reads bytes faster than text), which
+    must give the rows, row numbers and messages of the text reader: each line it cannot
+    read the same way goes to the text path, and from a line longer than the limit in
+    bytes, or with a carriage return the text reader breaks at, the rest of the file does."""
+    monkeypatch.setattr(readers, "MAX_ROW_CHARS", 64)
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(bom + b"".join(TRICKY_LINES) + tail)
+    info = readers.inspect(path, "jsonl")
+    assert info.encoding == "utf-8-sig"
+    rows = list(readers.iter_rows(path, info))
+    assert repr(rows) == repr(list(readers._jsonl_text_rows(path, info.encoding)))
+    assert [n for n, _ in rows][:6] == [1, 2, 5, 6, 7, 8]
+    assert rows[3][1].startswith("invalid JSON: Expecting value: line 1 column 18 (char 17)")
+    if b"x" * 100 in tail:
+        assert rows[-2] == (9, "the row is 119 characters long; at most 64 are read")
+        assert rows[-1] == (10, {"id": 7})
+    if "\u6c49".encode() in tail:
+        assert rows[-2][0] == 9 and len(rows[-2][1]["v"]) == 30
+    if tail.startswith(b'{"id": 6}\r{'):
+        assert rows[-3:] == [(9, {"id": 6}), (10, {"id": 7}), (11, {"id": 8})]
+
+
+def test_gb18030_json_lines_are_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('{"id": 1, "city": "上海"}\n{"id": 2, "city": "北京"}\n'.encode("gb18030"))
+    info = readers.inspect(path, "jsonl")
+    assert info.encoding == "gb18030"
+    assert list(readers.iter_rows(path, info)) == [
+        (1, {"id": 1, "city": "上海"}),
+        (2, {"id": 2, "city": "北京"}),
+    ]
+
+
 def test_a_row_nested_too_deeply_to_store_is_rejected_not_a_failed_sync() -> None:
     deep: list[object] = []
     for _ in range(50_000):
