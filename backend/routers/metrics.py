@@ -23,11 +23,11 @@ def _on_loopback(request: Request) -> bool:
 
 
 async def metrics_access(
-    request: Request, settings: SettingsDep, credentials: BearerCredentials
+    request: Request, settings: SettingsDep, _credentials: BearerCredentials
 ) -> None:
     if settings.metrics_public_on_loopback and _on_loopback(request):
         return
-    await require_token(settings, credentials)
+    require_token.check(request)
 
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(metrics_access)])
