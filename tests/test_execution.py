@@ -319,7 +319,10 @@ async def test_submissions_are_recorded_whether_or_not_another_process_holds_the
         assert waited >= 0.3  # it did wait for the lock...
         assert ticks >= 10  # ...and the loop ran meanwhile
     else:
-        await inserter.add(_pending_run(held))
+        try:
+            await inserter.add(_pending_run(held))
+        finally:
+            await inserter.close()  # the connection its asyncpg writes kept
 
     for task_id in (free, held):
         recorded = await ledger.get(sessions, task_id)
@@ -360,13 +363,16 @@ async def test_a_submission_is_recorded_after_postgresql_dropped_the_pooled_conn
     sessions = get_session_factory(body_settings)
     inserter = ledger.Inserter(sessions)
     before, after = str(uuid.uuid4()), str(uuid.uuid4())
-    await inserter.add(_pending_run(before))  # the pool now holds a connection
+    try:
+        await inserter.add(_pending_run(before))  # the pool now holds a connection
 
-    _postgres(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = '{url.database}' AND pid <> pg_backend_pid()"
-    )
-    await inserter.add(_pending_run(after))
+        _postgres(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{url.database}' AND pid <> pg_backend_pid()"
+        )
+        await inserter.add(_pending_run(after))
+    finally:
+        await inserter.close()
 
     for task_id in (before, after):
         recorded = await ledger.get(sessions, task_id)

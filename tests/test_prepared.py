@@ -6,18 +6,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from backend.db.engine import make_engine
+from backend.db.engine import get_insert_engine, make_engine
 from backend.db.models import Notification, TaskRun
 from backend.db.models.base import Base
 from backend.db.prepared import Prepared
 from backend.db.queries import notifications
 from backend.runtime import ledger
+from tests.conftest import scratch_database
 
 SUBMITTED = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -168,3 +170,80 @@ async def test_a_row_the_lock_free_insert_refuses_is_sqlalchemys_integrity_error
     finally:
         await inserter.close()
         await engine.dispose()
+
+
+@pytest.fixture
+async def pg_sessions(tmp_path: Path) -> AsyncIterator[ledger.Sessions]:
+    """A new PostgreSQL database with the ledger's tables (skipped when none is reachable)."""
+    with scratch_database("postgresql", tmp_path) as url:
+        engine = make_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        try:
+            yield async_sessionmaker(engine, expire_on_commit=False)
+        finally:
+            await engine.dispose()
+            await get_insert_engine(url).dispose()
+
+
+async def _stored_runs(sessions: ledger.Sessions) -> list[object]:
+    async with ledger.engine_of(sessions).connect() as conn:
+        runs = (await conn.execute(select(TaskRun.__table__).order_by(TaskRun.id))).all()
+        raw = (await conn.exec_driver_sql("SELECT * FROM task_runs ORDER BY id")).all()
+    return [runs, raw]
+
+
+async def test_the_inserters_asyncpg_insert_writes_what_execute_does(
+    pg_sessions: ledger.Sessions,
+) -> None:
+    """The API's submissions on PostgreSQL go in by asyncpg's executemany: the rows must be
+    those SQLAlchemy's execute writes (compared with a second pair written that way)."""
+    inserter = ledger.Inserter(pg_sessions)
+    try:
+        await inserter._write([_submitted("a2", None), _submitted("a3", "save:k1")])
+        assert inserter._kept is not None  # written on asyncpg
+    finally:
+        await inserter.close()
+    async with ledger.engine_of(pg_sessions).begin() as conn:
+        await conn.execute(ledger._INSERT_RUN, [_submitted("b2", None), _submitted("b3", "k2")])
+    runs, raw = await _stored_runs(pg_sessions)
+
+    def apart_from_ids(row: Any) -> dict[str, object]:
+        return {k: v for k, v in row._mapping.items() if k not in ("id", "idempotency_key")}
+
+    for rows in (runs, raw):
+        assert [apart_from_ids(row) for row in rows[:2]] == [
+            apart_from_ids(row) for row in rows[2:]
+        ]
+    assert [run.idempotency_key for run in runs] == [None, "save:k1", None, "k2"]
+    assert runs[0].args == {"content": "héllo 你好", "n": [1, 2.5, None]}
+    assert runs[1].submitted_at == SUBMITTED and runs[1].cancel_requested is False
+
+
+async def test_a_refused_asyncpg_insert_is_an_integrity_error_and_a_lost_one_is_sent_again(
+    pg_sessions: ledger.Sessions,
+) -> None:
+    """A duplicate idempotency key: nothing of the batch goes in (executemany is atomic),
+    and SQLAlchemy's way raises the IntegrityError the caller handles, the kept connection
+    still in use. The kept connection killed by the server: the next rows go in once, on
+    a new one."""
+    inserter = ledger.Inserter(pg_sessions)
+    try:
+        await inserter.add(_submitted("a", "save:k1"))
+        kept = inserter._kept
+        assert kept is not None
+        with pytest.raises(IntegrityError):
+            await inserter._write([_submitted("b", None), _submitted("c", "save:k1")])
+        await inserter.add(_submitted("d", None))
+        assert inserter._kept is kept
+        pid = kept[1].get_server_pid()
+        async with ledger.engine_of(pg_sessions).connect() as conn:
+            await conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        await inserter.add(_submitted("e", None))
+        assert inserter._kept is None  # forgotten; the rows went in SQLAlchemy's way
+        await inserter.add(_submitted("f", None))
+        assert inserter._kept is not None and inserter._kept[1].get_server_pid() != pid
+    finally:
+        await inserter.close()
+    runs, _ = await _stored_runs(pg_sessions)
+    assert [run.id for run in runs] == ["a", "d", "e", "f"]

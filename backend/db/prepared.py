@@ -63,6 +63,14 @@ class Prepared:
         compiled = self._compile(dialect)
         raw.executemany(compiled.sql, [_bound(compiled.params, row) for row in rows])
 
+    async def run_many_on_asyncpg(
+        self, raw: Any, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """An INSERT of ``rows`` on asyncpg's own connection: ``executemany``, which is
+        atomic by itself (one implicit transaction) outside a transaction block."""
+        compiled = self._compile(dialect)
+        await raw.executemany(compiled.sql, [_bound(compiled.params, row) for row in rows])
+
     def _compile(self, dialect: Dialect) -> _Compiled:
         known = self._compiled.get(type(dialect))
         if known is not None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import asyncpg
 from sqlalchemy import (
     Row,
     and_,
@@ -39,6 +41,8 @@ from backend.db.prepared import Prepared
 from backend.db.queries import notifications
 from backend.db.sqlite_inline import InlineConnection
 from backend.db.sqlite_lock import POLL_SECONDS, WriteLockWatch
+
+log = logging.getLogger(__name__)
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -101,8 +105,9 @@ class Inserter:
         self.max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        # SQLite: the one connection lock-free writes use, kept between them.
-        self._kept: tuple[AsyncConnection, sqlite3.Connection] | None = None
+        # The one connection the driver-level writes use, kept between them: sqlite3's
+        # (lock-free writes) or asyncpg's.
+        self._kept: tuple[AsyncConnection, Any] | None = None
         self._closed = False
         self._watch: WriteLockWatch | None = None
 
@@ -164,9 +169,16 @@ class Inserter:
             async with engine_of(self.sessions).begin() as conn:
                 await conn.execute(_INSERT_RUN, rows)
             return
+        statement = _INSERT_RUN
+        if engine.dialect.driver == "asyncpg":
+            tried = await self._write_on_asyncpg(engine, rows)
+            if tried is _Try.WRITTEN:
+                return
+            if tried is _Try.LOST:  # they may have gone in before the connection failed
+                statement = _INSERT_RUN_AGAIN
         try:
             async with engine.connect() as conn:
-                await conn.execute(_INSERT_RUN, rows)
+                await conn.execute(statement, rows)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
@@ -210,6 +222,33 @@ class Inserter:
             return _Try.REFUSED
         return _Try.WRITTEN
 
+    async def _write_on_asyncpg(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> _Try:
+        """PostgreSQL: the rows in one ``executemany`` on asyncpg itself, which is atomic
+        (one implicit transaction), without SQLAlchemy's checkout and execution around it:
+        160-270 against 640-690 µs of CPU an insert (1,000 in a loop, five rounds, a
+        /tmp script on the local server). REFUSED when the server refused the rows
+        (nothing went in; SQLAlchemy's way then raises its own error, an IntegrityError
+        the caller handles), LOST when the connection failed (they may have gone in)."""
+        if self._closed or any(row.keys() != _SUBMITTED_KEYS for row in rows):
+            return _Try.REFUSED
+        if self._kept is None:
+            conn = await engine.connect()
+            self._kept = conn, (await conn.get_raw_connection()).driver_connection
+        conn, raw = self._kept
+        try:
+            await _INSERT_PREPARED.run_many_on_asyncpg(raw, conn.dialect, rows)
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.PostgresError) and not raw.is_closed():
+                return _Try.REFUSED  # by the server, which rolled the whole batch back
+            # The connection failed, or a cancel came mid-statement: whatever its state,
+            # it is not used again.
+            await self._forget(invalidate=True)
+            if not isinstance(exc, Exception):
+                raise
+            log.info("the ledger insert's connection failed; inserting again", exc_info=True)
+            return _Try.LOST
+        return _Try.WRITTEN
+
     async def close(self) -> None:
         """The runtime stops: give the kept connection back, and keep none from now on (a
         flush still running goes SQLAlchemy's way)."""
@@ -218,10 +257,12 @@ class Inserter:
             self._watch.close()
         await self._forget()
 
-    async def _forget(self) -> None:
+    async def _forget(self, invalidate: bool = False) -> None:
         if self._kept is not None:
             conn, self._kept = self._kept[0], None
             with contextlib.suppress(Exception):
+                if invalidate:  # not back into the pool
+                    await conn.invalidate()
                 await conn.close()
 
 
@@ -229,6 +270,7 @@ class _Try(enum.Enum):
     WRITTEN = "written"
     LOCKED = "locked"
     REFUSED = "refused"
+    LOST = "lost"
 
 
 _INSERT_RUN = insert(TaskRun)
