@@ -3,6 +3,7 @@ they write and the values they return must be exactly those of SQLAlchemy's ``ex
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,3 +248,20 @@ async def test_a_refused_asyncpg_insert_is_an_integrity_error_and_a_lost_one_is_
         await inserter.close()
     runs, _ = await _stored_runs(pg_sessions)
     assert [run.id for run in runs] == ["a", "d", "e", "f"]
+
+
+async def test_closing_the_inserter_lets_an_asyncpg_write_in_flight_end_first(
+    pg_sessions: ledger.Sessions,
+) -> None:
+    """A runtime that stops while a submission's insert is under way: ``close`` returns
+    once that insert has ended (its row is in), and only then gives the kept connection
+    back to the pool."""
+    inserter = ledger.Inserter(pg_sessions)
+    await inserter.add(_submitted("a", None))  # the connection is kept
+    pending = asyncio.ensure_future(inserter.add(_submitted("b", None)))
+    await asyncio.sleep(0)  # the flush has started
+    await inserter.close()
+    assert pending.done() and pending.exception() is None
+    assert inserter._kept is None
+    runs, _ = await _stored_runs(pg_sessions)
+    assert [run.id for run in runs] == ["a", "b"]

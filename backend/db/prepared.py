@@ -9,9 +9,10 @@ bind and result conversions, once; only the per-call machinery is skipped, so th
 in the database are exactly what ``execute`` would have written (tests/test_prepared.py).
 The API's ledger insert is the other user: a submission's one write, on the request path.
 
-Only SQLite, and only for connections whose driver is the inline one (db/sqlite_inline.py:
-nothing suspends, so the statement is as atomic as SQLAlchemy's); everything else goes
-through ``execute`` unchanged.
+``rows`` runs on SQLite only, and only for connections whose driver is the inline one
+(db/sqlite_inline.py: nothing suspends, so the statement is as atomic as SQLAlchemy's);
+everything else goes through ``execute`` unchanged. ``bind_many`` also serves PostgreSQL:
+the API's insert, one ``executemany`` on asyncpg (runtime/ledger.py's Inserter).
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ class Prepared:
         compiled = self._compile(dialect)
         raw.executemany(compiled.sql, [_bound(compiled.params, row) for row in rows])
 
-    async def run_many_on_asyncpg(
-        self, raw: Any, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
-    ) -> None:
-        """An INSERT of ``rows`` on asyncpg's own connection: ``executemany``, which is
-        atomic by itself (one implicit transaction) outside a transaction block."""
+    def bind_many(
+        self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[str, list[list[Any]]]:
+        """The SQL and each row's positional values, converted as SQLAlchemy would: for
+        asyncpg's ``executemany`` (atomic by itself outside a transaction block)."""
         compiled = self._compile(dialect)
-        await raw.executemany(compiled.sql, [_bound(compiled.params, row) for row in rows])
+        return compiled.sql, [_bound(compiled.params, row) for row in rows]
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         known = self._compiled.get(type(dialect))

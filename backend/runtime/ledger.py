@@ -233,13 +233,30 @@ class Inserter:
             return _Try.REFUSED
         if self._kept is None:
             conn = await engine.connect()
-            self._kept = conn, (await conn.get_raw_connection()).driver_connection
+            try:
+                raw = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                await conn.close()
+                raise
+            if self._closed:  # closed while connecting
+                await conn.close()
+                return _Try.REFUSED
+            self._kept = conn, raw
         conn, raw = self._kept
+        if raw.is_in_transaction():  # not atomic by itself there; cannot happen, be safe
+            await self._forget(invalidate=True)
+            return _Try.REFUSED
+        sql, args = _INSERT_PREPARED.bind_many(conn.dialect, rows)  # nothing sent yet
         try:
-            await _INSERT_PREPARED.run_many_on_asyncpg(raw, conn.dialect, rows)
+            await raw.executemany(sql, args)
         except BaseException as exc:
             if isinstance(exc, asyncpg.PostgresError) and not raw.is_closed():
-                return _Try.REFUSED  # by the server, which rolled the whole batch back
+                # Refused by the server, which rolled the whole batch back. A duplicate key
+                # is the rows' fault; anything else may be the connection's (read-only
+                # after a failover, say), so the next insert takes a new one.
+                if not str(getattr(exc, "sqlstate", "")).startswith("23"):
+                    await self._forget(invalidate=True)
+                return _Try.REFUSED
             # The connection failed, or a cancel came mid-statement: whatever its state,
             # it is not used again.
             await self._forget(invalidate=True)
@@ -255,6 +272,12 @@ class Inserter:
         self._closed = True
         if self._watch is not None:
             self._watch.close()
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            # A write on the kept connection may be in flight (asyncpg's suspends): let it
+            # end before that connection goes back; the flush goes on after, the other way.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(flusher), CLOSE_WAIT_SECONDS)
         await self._forget()
 
     async def _forget(self, invalidate: bool = False) -> None:
@@ -264,6 +287,10 @@ class Inserter:
                 if invalidate:  # not back into the pool
                     await conn.invalidate()
                 await conn.close()
+
+
+# How long a stopping runtime waits for a group commit in flight (a write is milliseconds).
+CLOSE_WAIT_SECONDS = 5.0
 
 
 class _Try(enum.Enum):
