@@ -275,9 +275,9 @@ class Inserter:
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             # A write on the kept connection may be in flight (asyncpg's suspends): let it
-            # end before that connection goes back; the flush goes on after, the other way.
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(flusher), CLOSE_WAIT_SECONDS)
+            # end before that connection goes back. A flush past the wait goes on after it,
+            # SQLAlchemy's way.
+            await asyncio.wait({flusher}, timeout=CLOSE_WAIT_SECONDS)  # never raises its error
         await self._forget()
 
     async def _forget(self, invalidate: bool = False) -> None:
