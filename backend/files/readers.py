@@ -74,6 +74,7 @@ def _not_json(name: str) -> Any:
 _JSON_LINE = json.JSONDecoder(parse_constant=_not_json)
 # orjson makes an integer past 64 bits a float; json keeps it whole.
 _LONG_NUMBER = re.compile(r"[0-9]{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
 _EXACT = frozenset({str, int, bool, type(None)})
 # orjson reads 1,024 levels of nesting, json about 990 (Python's recursion limit): a line
 # with this many brackets goes to json, which rejects it or reads it as before.
@@ -98,13 +99,22 @@ def _json_line(line: str) -> Any:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return _JSON_LINE.decode(line)
+    return value if _orjson_agrees(value, line) else _JSON_LINE.decode(line)
+
+
+def _orjson_agrees(value: Any, line: str | bytes) -> bool:
+    """Whether orjson's ``value`` of ``line`` (text, or UTF-8 bytes) is the one json reads:
+    the checks ``_json_line`` describes. Brackets and digits are ASCII, so counting them
+    in the bytes counts them in the text."""
     if type(value) is dict and _EXACT.issuperset(map(type, value.values())):
-        return value
+        return True
+    if isinstance(line, bytes):
+        if line.count(b"[") + line.count(b"{") > _MANY_BRACKETS:
+            return False
+        return _FLOATS_AS_JSON and _LONG_NUMBER_BYTES.search(line) is None
     if line.count("[") + line.count("{") > _MANY_BRACKETS:
-        return _JSON_LINE.decode(line)
-    if _FLOATS_AS_JSON and _LONG_NUMBER.search(line) is None:
-        return value
-    return _JSON_LINE.decode(line)
+        return False
+    return _FLOATS_AS_JSON and _LONG_NUMBER.search(line) is None
 
 
 class LineTooLong(Exception):
@@ -317,8 +327,6 @@ def _inspect_jsonl(path: Path, encoding: str, lines: int) -> FileInfo:
 
 
 _UTF8 = ("utf-8", "utf-8-sig")
-# The digit run ``_json_line`` looks for, in a line still in bytes.
-_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
 
 
 def _jsonl_rows(path: Path, info: FileInfo) -> Iterator[tuple[int, Row | str]]:
@@ -333,8 +341,9 @@ def _jsonl_utf8_rows(path: Path, encoding: str) -> Iterator[tuple[int, Row | str
     text path (``iter_rows`` over bench_sync.py's 200,000 ten-key lines, five rounds of
     each, alternating, in one process). Only lines this path reads exactly as the text
     path would go through it: a line that is blank by ASCII's whitespace is skipped as
-    there; a line orjson refuses, or whose value is not plainly a flat object of exact
-    values, is decoded and read by ``_json_line`` (json's value or message, as before).
+    there; a line orjson refuses, or whose value json might read otherwise
+    (``_orjson_agrees``), is decoded and read by ``_json_line`` (json's value or message,
+    as before).
     From the first line longer than MAX_ROW_CHARS bytes, or holding a carriage return
     that the text path would read as a line break (not one of a final ``\\r\\n``), the rest
     of the file is read the text way, from that line's first byte and row number."""
@@ -351,13 +360,12 @@ def _jsonl_utf8_rows(path: Path, encoding: str) -> Iterator[tuple[int, Row | str
             row_number += 1
             if not line.strip():
                 continue
-            value: Any
             try:
                 value = orjson.loads(line)
+                agrees = _orjson_agrees(value, line)
             except orjson.JSONDecodeError:
-                yield from _jsonl_text_line(row_number, _as_text(line))
-                continue
-            if not _read_as_json_reads(value, line):
+                agrees = False
+            if not agrees:
                 yield from _jsonl_text_line(row_number, _as_text(line))
                 continue
             if type(value) is dict and len(value) <= MAX_COLUMNS:
@@ -373,15 +381,6 @@ def _as_text(line: bytes) -> str:
     """The line as the text reader has it (its ``\\r\\n`` read as ``\\n``)."""
     text = line.decode()
     return text[:-2] + "\n" if text.endswith("\r\n") else text
-
-
-def _read_as_json_reads(value: Any, line: bytes) -> bool:
-    """Whether orjson's value of ``line`` is json's: ``_json_line``'s checks, on bytes."""
-    if type(value) is dict and _EXACT.issuperset(map(type, value.values())):
-        return True
-    if line.count(b"[") + line.count(b"{") > _MANY_BRACKETS:
-        return False
-    return _FLOATS_AS_JSON and _LONG_NUMBER_BYTES.search(line) is None
 
 
 def _jsonl_text_rows(
