@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,9 @@ from sqlalchemy import select
 from backend.config import Settings
 from backend.constants import TaskName
 from backend.db.engine import get_session_factory
-from backend.db.models import Record
+from backend.db.models import Record, SyncFile
+from backend.files import readers
+from backend.files.readers import BadFile
 from backend.runtime.inprocess import run_body
 from backend.tasks import data_sync
 from backend.tasks.data_sync import READ_AHEAD_GC_YOUNG
@@ -217,3 +221,80 @@ async def test_a_resync_reading_ahead_collects_less_then_puts_the_collector_back
     assert again == {"rows_read": 2000, "inserted": 0, "updated": 0, "unchanged": 2000}
     assert max(young_seen) == max(before[0], READ_AHEAD_GC_YOUNG)
     assert gc.get_threshold() == before
+
+
+async def _stored(settings: Settings, file_id: int) -> SyncFile:
+    async with get_session_factory(settings)() as session:
+        found = await session.get(SyncFile, file_id)
+        assert found is not None
+        return found
+
+
+def _counting_inspect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stored files the pre-pass reads from now on, by path."""
+    read: list[str] = []
+    inspect = readers.inspect
+
+    def counted(path: Path, fmt: str, limits: Any = None) -> readers.FileInfo:
+        read.append(str(path))
+        return inspect(path, fmt, limits)
+
+    monkeypatch.setattr(readers, "inspect", counted)
+    return read
+
+
+async def test_a_resync_starts_from_what_the_pre_pass_found_in_the_same_bytes(
+    body_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    read = _counting_inspect(monkeypatch)
+    file_id = await register_in_process(
+        settings, _csv({k: f"item {k}" for k in range(500)}), dataset
+    )
+
+    assert (await _sync_again(settings, file_id))["inserted"] == 500
+    stored = await _stored(settings, file_id)
+    size = await asyncio.to_thread(os.path.getsize, stored.stored_path)
+    assert read == [stored.stored_path]
+    assert stored.layout is not None
+    assert stored.layout | {"mtime_ns": 0} == {
+        "format": "csv", "columns": ["sku", "name"], "total_rows": 500, "encoding": "utf-8-sig",
+        "delimiter": ",", "size": size, "mtime_ns": 0,
+    }  # fmt: skip
+
+    again = await _sync_again(settings, file_id)
+
+    assert again == {"rows_read": 500, "inserted": 0, "updated": 0, "unchanged": 500}
+    assert read == [stored.stored_path]  # not read a second time before the rows
+
+
+def _rewrite(path: Path, content: bytes, *, same_size: bool) -> None:
+    before = path.stat()
+    path.write_bytes(content)
+    assert (path.stat().st_size == before.st_size) is same_size
+    if same_size:  # and the same mtime, were the clock's steps coarse
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+async def test_a_stored_file_changed_since_its_pre_pass_is_checked_again_before_any_write(
+    body_settings: Settings, monkeypatch: pytest.MonkeyPatch, same_size: bool
+) -> None:
+    settings = body_settings.model_copy(update={"sync_batch_size": 100})
+    dataset = f"changes_{uuid.uuid4().hex[:8]}"
+    rows = {k: f"item {k}" for k in range(300)}
+    file_id = await register_in_process(settings, _csv(rows), dataset)
+    await _sync_again(settings, file_id)
+    path = Path((await _stored(settings, file_id)).stored_path)
+    read = _counting_inspect(monkeypatch)
+
+    # The header loses its key column, and a row changes: the same size (its mtime moves
+    # on), or a longer file.
+    changed = rows | {7: "ITEM 7" if same_size else "changed, and longer"}
+    _rewrite(path, _csv(changed).replace(b"sku,", b"sko,", 1), same_size=same_size)
+
+    with pytest.raises(BadFile, match="no key column 'sku'"):
+        await _sync_again(settings, file_id)
+    assert read == [str(path)]
+    assert (await _records(settings, dataset)) == {f"S{k:05d}": v for k, v in rows.items()}

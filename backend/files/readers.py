@@ -173,6 +173,35 @@ class FileInfo:
     # XLSX: the sheet's rows as JSON Lines, read once by inspect(); closed with this info.
     spool: IO[bytes] | None = field(default=None, compare=False, repr=False)
 
+    def layout(self) -> dict[str, Any] | None:
+        """What the pre-pass found, for a later sync of the same bytes to start from instead
+        of reading the whole file again; None for XLSX, whose rows only the pre-pass
+        spools."""
+        if self.spool is not None or self.format == "xlsx":
+            return None
+        return {
+            "format": self.format,
+            "columns": self.columns,
+            "total_rows": self.total_rows,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+        }
+
+    @classmethod
+    def of_layout(cls, layout: dict[str, Any]) -> FileInfo | None:
+        """The info ``layout()`` gave, or None for a layout this version did not write."""
+        try:
+            info = cls(
+                format=str(layout["format"]),
+                columns=[str(c) for c in layout["columns"]],
+                total_rows=int(layout["total_rows"]),
+                encoding=str(layout["encoding"]),
+                delimiter=str(layout["delimiter"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        return info if info.format in ("csv", "jsonl") else None
+
 
 def detect_format(name: str, head: bytes) -> str:
     by_name = EXTENSIONS.get(Path(name).suffix.lower())

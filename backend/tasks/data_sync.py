@@ -12,9 +12,11 @@ import asyncio
 import gc
 import itertools
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -317,21 +319,31 @@ async def _sync(
             await q.clear_errors(session, file_id=f.id)
         await ctx.hold(session)
     path = Path(f.stored_path)
-    if not await asyncio.to_thread(path.is_file):
+    stat = await asyncio.to_thread(_stat, path)
+    if stat is None:
         raise BadFile(f"the stored file {path.name} is missing")
     # The whole-file pre-pass: a file that is not what it claims fails here, before any
-    # row is written, so its dataset stays unchanged.
-    limits = readers.XlsxLimits.of(ctx.settings)
-    info = await asyncio.to_thread(readers.inspect, path, f.format, limits)
+    # row is written, so its dataset stays unchanged. Bytes that passed it before (the
+    # stored file as it was then) pass again: a re-sync or a resumed sync starts from what
+    # it found.
+    info = _passed_before(f, stat)
+    if info is None:
+        limits = readers.XlsxLimits.of(ctx.settings)
+        info = await asyncio.to_thread(readers.inspect, path, f.format, limits)
     missing = [k for k in keys if k not in info.columns]
     if missing and info.format != "jsonl":
         raise BadFile(
             f"the header row has no key column {', '.join(map(repr, missing))} "
             f"(columns: {', '.join(info.columns[:20])}); is the first row a header?"
         )
-    if info.columns:
+    layout = info.layout()
+    if layout is not None:
+        layout |= {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if info.columns or (layout is not None and layout != f.layout):
         async with ctx.session() as session, session.begin():
             await q.note_columns(session, name=f.dataset, columns=info.columns)
+            if layout is not None and layout != f.layout:
+                await q.keep_layout(session, file_id=f.id, layout=layout)
             await ctx.hold(session)
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
     # A file whose last sync succeeded is most likely synced again unchanged: probe from
@@ -424,6 +436,28 @@ async def _sync(
         errors = await q.errors_for(session, file_id=f.id, limit=100)
         await ctx.hold(session)
     return _summary(f, counts, errors)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat if S_ISREG(stat.st_mode) else None
+
+
+def _passed_before(f: SyncFile, stat: os.stat_result) -> readers.FileInfo | None:
+    """What the pre-pass found in this file the last time it ran, when the stored file is
+    still the one it read (its registered size, and the size and mtime it had then).
+    Skipping the pre-pass saves reading the whole file once more: 0.33 s for a
+    1,000,000-row CSV, 0.67 s for JSON Lines, 0.85 s for GB18030 (bench_sync's files)."""
+    layout = f.layout
+    if not layout or stat.st_size != f.size:
+        return None
+    if (layout.get("size"), layout.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    info = readers.FileInfo.of_layout(layout)
+    return info if info is not None and info.format == f.format else None
 
 
 def _summary(f: SyncFile, counts: q.Counts, errors: Sequence[SyncError]) -> dict[str, Any]:

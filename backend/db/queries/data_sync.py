@@ -81,6 +81,10 @@ async def note_columns(session: AsyncSession, *, name: str, columns: list[str]) 
         )
 
 
+async def keep_layout(session: AsyncSession, *, file_id: int, layout: dict[str, Any]) -> None:
+    await session.execute(update(SyncFile).where(SyncFile.id == file_id).values(layout=layout))
+
+
 async def file_by_checksum(
     session: AsyncSession, *, dataset: str, checksum: str
 ) -> SyncFile | None:
