@@ -6,6 +6,8 @@ Invariant 8: a short task costs one commit for claim + body + finish + notificat
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from backend.constants import State, TaskName
 from backend.db.engine import get_autocommit_engine, get_session_factory
 from backend.db.models import ConversationMessage, Notification
 from backend.runtime import ledger
-from backend.runtime.execution import Kind, execute
+from backend.runtime.execution import ROW_WAITS, Kind, execute
 from backend.runtime.registry import get_spec
 
 NOW = "2026-11-24T10:00:00+00:00"
@@ -425,3 +427,55 @@ async def test_an_atomic_run_on_a_connection_postgresql_dropped_runs_again_and_f
             .where(ConversationMessage.session_id == "dropped")
         )
     assert saved == 2
+
+
+@pytest.mark.parametrize("name", [TaskName.SAVE_CONVERSATION, "system.sleep"])
+async def test_a_delivery_ahead_of_its_ledger_row_runs_once_the_row_is_there(
+    body_settings: Settings, name: str
+) -> None:
+    """On PostgreSQL the API sends a message while its row is being inserted: a worker
+    that gets it first waits for the row (atomic and leased tasks alike)."""
+    args = (
+        {"session_id": "late-row", "role": "user", "content": "hi", "received_at": NOW}
+        if name == TaskName.SAVE_CONVERSATION
+        else {"seconds": 0.01, "steps": 1}
+    )
+    task_id = str(uuid.uuid4())
+    sessions = get_session_factory(body_settings)
+
+    async def insert_later() -> None:
+        await asyncio.sleep(0.15)
+        spec = get_spec(name)
+        await ledger.adopt(sessions, task_id=task_id, name=name, queue=spec.queue, args=args)
+
+    inserting = asyncio.ensure_future(insert_later())
+    kind = await _run(body_settings, name, args, task_id)
+    await inserting
+
+    assert kind is Kind.SUCCEEDED
+    run = await ledger.get(sessions, task_id)
+    assert run is not None and (run.state, run.attempts) == (State.SUCCESS, 1)
+
+
+async def test_a_delivery_whose_row_never_comes_is_dropped_without_running(
+    body_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API's insert failed (it answered 503) after the message went: nothing runs."""
+    args = {"session_id": "no-row", "role": "user", "content": "hi", "received_at": NOW}
+    task_id = str(uuid.uuid4())
+    started = time.monotonic()
+
+    with caplog.at_level("INFO", logger="backend.runtime.execution"):
+        kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
+
+    assert kind is Kind.SKIPPED
+    assert time.monotonic() - started >= sum(ROW_WAITS)
+    assert f"{task_id}: no such task in the ledger" in caplog.text
+    assert await ledger.get(get_session_factory(body_settings), task_id) is None
+    async with get_session_factory(body_settings)() as session:
+        saved = await session.scalar(
+            select(func.count())
+            .select_from(ConversationMessage)
+            .where(ConversationMessage.session_id == "no-row")
+        )
+    assert saved == 0

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -112,13 +113,54 @@ async def execute(
         if not spec.tracked:
             outcome = await run.untracked()
         elif spec.mode is Mode.ATOMIC and not redelivered:
-            outcome = await run.atomic()
+            outcome = await _once_recorded(run, run.atomic)
         else:
-            outcome = await run.leased()
+            outcome = await _once_recorded(run, run.leased)
         run.record(outcome, time.monotonic() - began)
         return outcome
     finally:
         current_task_id.reset(token)
+
+
+# On PostgreSQL the API sends a task's message while its ledger row is being inserted
+# (runtime/service.py), so a worker can be handed a task whose row is not there yet. Such a
+# delivery tries again after each of these waits (0.9 s in all) before it is dropped: by
+# then the insert failed and the API answered 503, or the row is late enough for the
+# recovery sweep to send the task again.
+ROW_WAITS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+async def _once_recorded(run: _Run, attempt: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """``attempt()``, again while the task has no ledger row yet (see ROW_WAITS)."""
+    outcome = await attempt()
+    recorded = outcome.kind is not Kind.SKIPPED or run.spec.scheduled  # beat's have no row
+    waits = iter(ROW_WAITS)
+    while not recorded:
+        if await run._exists():
+            # It may have come between the claim and this look: claim it once more.
+            recorded, outcome = True, await attempt()
+        elif (delay := next(waits, None)) is None:
+            break
+        else:
+            await asyncio.sleep(delay)
+            outcome = await attempt()
+            recorded = outcome.kind is not Kind.SKIPPED
+    if outcome.kind is not Kind.SKIPPED:
+        return outcome
+    if recorded:
+        log.info(
+            "task %s %s: not claimable (finished, cancelled or running elsewhere); skipped",
+            run.spec.name,
+            run.task_id,
+        )
+    else:
+        log.info(
+            "task %s %s: no such task in the ledger (%.1f s after its delivery); dropped",
+            run.spec.name,
+            run.task_id,
+            sum(ROW_WAITS),
+        )
+    return outcome
 
 
 # The state an outcome leaves its task in; SKIPPED and LOST leave it to someone else (and
@@ -388,12 +430,7 @@ class _Run:
         return Outcome(Kind.LOST)
 
     def _skipped(self) -> Outcome:
-        log.info(
-            "task %s %s: not claimable (finished, cancelled or running elsewhere); skipped",
-            self.spec.name,
-            self.task_id,
-        )
-        return Outcome(Kind.SKIPPED)
+        return Outcome(Kind.SKIPPED)  # logged by _once_recorded, which may try again
 
     def _ending(
         self, state: State, *, result: Any = None, error: dict[str, Any] | None = None

@@ -111,6 +111,12 @@ class Health:
         return Executor.CELERY if self.broker_up else Executor.LOCAL
 
 
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` and drop its outcome (a send nobody answers for any more)."""
+    with contextlib.suppress(Exception):
+        await future
+
+
 class Runtime:
     def __init__(self, settings: Settings, celery: Celery, *, local_fallback: bool = True) -> None:
         self.settings = settings
@@ -127,6 +133,13 @@ class Runtime:
         if self.local is not None:
             self.local.announcer = self.announcer
         self._background: set[asyncio.Task[Any]] = set()
+        # PostgreSQL: a submission sends the task's message while its ledger row is being
+        # inserted (a worker handed it first waits for the row: execution.ROW_WAITS), and
+        # answers once both are done. 1-connection saves through wrk, worker draining:
+        # 174-190 against 141-156 a second (four 10-s runs each, alternating). On SQLite
+        # the insert then waited on the worker's claim for the one write lock (1.1 ms ->
+        # 1.75 ms a save) and the rate did not move, so there it comes first.
+        self._send_while_inserting = not settings.database_url.startswith("sqlite")
         self._final_views: dict[str, tuple[float, StatusView]] = {}
         self._reads: dict[str, asyncio.Future[StatusView]] = {}
         self._throughput: dict[int, tuple[float, list[tuple[str, str, int]]]] = {}
@@ -212,9 +225,11 @@ class Runtime:
         priority: int = 5,
         idempotency_key: str | None = None,
     ) -> Submission:
-        """Record the task, then hand it to Celery, or to the local executor if Redis is down.
+        """Record the task and hand it to Celery, or to the local executor if Redis is down.
 
-        The ledger row comes first: once this returns, the task cannot be lost.
+        Once this returns the row is in the ledger, so the task cannot be lost. On SQLite
+        the row is written before the message is sent; on PostgreSQL both at once (see
+        ``_send_while_inserting``).
         """
         spec = get_spec(name)
         args = args or {}
@@ -222,25 +237,40 @@ class Runtime:
         if not broker_up and (self.local is None or not self.local.has_capacity):
             raise ExecutorFull("the broker is down and the local executor is full")
         key = f"{name}:{idempotency_key}" if idempotency_key else None
-        run, created = await ledger.insert_run(
-            self.sessions,
-            self.inserter,
-            task_id=str(uuid.uuid4()),
-            name=name,
-            queue=spec.queue,
-            args=args,
-            priority=priority,
-            executor=Executor.CELERY if broker_up else Executor.LOCAL,
-            idempotency_key=key,
-            idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
-        )
+        task_id = str(uuid.uuid4())
+        # The event goes out with the message when Celery takes it (one round trip).
+        events = [("task", TaskEvent(task_id, name, State.PENDING, Executor.CELERY).as_dict())]
+        sent: asyncio.Future[str] | None = None
+        if self._send_while_inserting and broker_up and key is None and not spec.scheduled:
+            # Only a new task (no idempotency key: its row is always created) and not one
+            # beat also sends (a worker adopts those when their row is missing).
+            sent = asyncio.ensure_future(
+                self._dispatch(task_id, name, spec.queue, args, priority, events=events)
+            )
+        try:
+            run, created = await ledger.insert_run(
+                self.sessions,
+                self.inserter,
+                task_id=task_id,
+                name=name,
+                queue=spec.queue,
+                args=args,
+                priority=priority,
+                executor=Executor.CELERY if broker_up else Executor.LOCAL,
+                idempotency_key=key,
+                idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            )
+        except BaseException:
+            if sent is not None:  # a worker finds no row and drops it (execution.ROW_WAITS)
+                self._spawn(_settled(sent))
+            raise
         if not created:
             return Submission(run, created=False)
-        # The event goes out with the message when Celery takes it (one round trip).
-        news = TaskEvent(run.id, name, run.state, Executor.CELERY)
         try:
-            executor = await self._dispatch(
-                run.id, name, spec.queue, args, priority, events=[("task", news.as_dict())]
+            executor = await (
+                sent
+                if sent is not None
+                else self._dispatch(run.id, name, spec.queue, args, priority, events=events)
             )
         except ExecutorFull as exc:
             error = {"type": "ExecutorFull", "message": str(exc)}
