@@ -430,11 +430,13 @@ async def test_an_atomic_run_on_a_connection_postgresql_dropped_runs_again_and_f
 
 
 @pytest.mark.parametrize("name", [TaskName.SAVE_CONVERSATION, "system.sleep"])
-async def test_a_delivery_ahead_of_its_ledger_row_runs_once_the_row_is_there(
+async def test_on_postgresql_a_delivery_ahead_of_its_ledger_row_runs_once_the_row_is_there(
     body_settings: Settings, name: str
 ) -> None:
     """On PostgreSQL the API sends a message while its row is being inserted: a worker
     that gets it first waits for the row (atomic and leased tasks alike)."""
+    if body_settings.is_sqlite:
+        pytest.skip("on SQLite the API writes the row before it sends the message")
     args = (
         {"session_id": "late-row", "role": "user", "content": "hi", "received_at": NOW}
         if name == TaskName.SAVE_CONVERSATION
@@ -460,7 +462,9 @@ async def test_a_delivery_ahead_of_its_ledger_row_runs_once_the_row_is_there(
 async def test_a_delivery_whose_row_never_comes_is_dropped_without_running(
     body_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The API's insert failed (it answered 503) after the message went: nothing runs."""
+    """The API's insert failed (it answered 503) after the message went: nothing runs. On
+    PostgreSQL only after the waits for a late row; on SQLite, where the row comes first,
+    at once."""
     args = {"session_id": "no-row", "role": "user", "content": "hi", "received_at": NOW}
     task_id = str(uuid.uuid4())
     started = time.monotonic()
@@ -469,8 +473,10 @@ async def test_a_delivery_whose_row_never_comes_is_dropped_without_running(
         kind = await _run(body_settings, TaskName.SAVE_CONVERSATION, args, task_id)
 
     assert kind is Kind.SKIPPED
-    assert time.monotonic() - started >= sum(ROW_WAITS)
-    assert f"{task_id}: no such task in the ledger" in caplog.text
+    waited = time.monotonic() - started
+    assert waited < sum(ROW_WAITS) if body_settings.is_sqlite else waited >= sum(ROW_WAITS)
+    said = "not claimable" if body_settings.is_sqlite else "no such task in the ledger"
+    assert f"{task_id}: {said}" in caplog.text
     assert await ledger.get(get_session_factory(body_settings), task_id) is None
     async with get_session_factory(body_settings)() as session:
         saved = await session.scalar(

@@ -258,9 +258,10 @@ async def test_a_resync_starts_from_what_the_pre_pass_found_in_the_same_bytes(
     size = await asyncio.to_thread(os.path.getsize, stored.stored_path)
     assert read == [stored.stored_path]
     assert stored.layout is not None
-    assert stored.layout | {"mtime_ns": 0} == {
-        "format": "csv", "columns": ["sku", "name"], "total_rows": 500, "encoding": "utf-8-sig",
-        "delimiter": ",", "size": size, "mtime_ns": 0,
+    assert stored.layout | {"mtime_ns": 0, "inode": 0, "ctime_ns": 0} == {
+        "version": 1, "format": "csv", "columns": ["sku", "name"], "total_rows": 500,
+        "encoding": "utf-8-sig", "delimiter": ",", "size": size, "mtime_ns": 0, "inode": 0,
+        "ctime_ns": 0,
     }  # fmt: skip
 
     again = await _sync_again(settings, file_id)
@@ -273,8 +274,8 @@ def _rewrite(path: Path, content: bytes, *, same_size: bool) -> None:
     before = path.stat()
     path.write_bytes(content)
     assert (path.stat().st_size == before.st_size) is same_size
-    if same_size:  # and the same mtime, were the clock's steps coarse
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    if same_size:  # and its mtime put back, as ``cp -p`` would: its ctime moved on
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 @pytest.mark.parametrize("same_size", [True, False])
@@ -289,8 +290,8 @@ async def test_a_stored_file_changed_since_its_pre_pass_is_checked_again_before_
     path = Path((await _stored(settings, file_id)).stored_path)
     read = _counting_inspect(monkeypatch)
 
-    # The header loses its key column, and a row changes: the same size (its mtime moves
-    # on), or a longer file.
+    # The header loses its key column, and a row changes: the same size and mtime, or a
+    # longer file.
     changed = rows | {7: "ITEM 7" if same_size else "changed, and longer"}
     _rewrite(path, _csv(changed).replace(b"sku,", b"sko,", 1), same_size=same_size)
 

@@ -163,6 +163,10 @@ class BoundedLines:
 Row = list[Any] | dict[str, Any]
 
 
+# What FileInfo.layout writes; a layout of another version is not read (the pre-pass runs).
+LAYOUT_VERSION = 1
+
+
 @dataclass(frozen=True)
 class FileInfo:
     format: str
@@ -180,6 +184,7 @@ class FileInfo:
         if self.spool is not None or self.format == "xlsx":
             return None
         return {
+            "version": LAYOUT_VERSION,
             "format": self.format,
             "columns": self.columns,
             "total_rows": self.total_rows,
@@ -190,6 +195,8 @@ class FileInfo:
     @classmethod
     def of_layout(cls, layout: dict[str, Any]) -> FileInfo | None:
         """The info ``layout()`` gave, or None for a layout this version did not write."""
+        if layout.get("version") != LAYOUT_VERSION:
+            return None
         try:
             info = cls(
                 format=str(layout["format"]),

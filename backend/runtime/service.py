@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -111,10 +111,25 @@ class Health:
         return Executor.CELERY if self.broker_up else Executor.LOCAL
 
 
+# An insert slower than this, with the message already out: a worker given the message may
+# have given up waiting for the row (execution.ROW_WAITS, 0.9 s from its first claim), so
+# it is sent again.
+RESEND_AFTER_SECONDS = 0.4
+
+
 async def _settled(future: asyncio.Future[Any]) -> None:
     """Wait for ``future`` and drop its outcome (a send nobody answers for any more)."""
     with contextlib.suppress(Exception):
         await future
+
+
+async def _shielded(future: asyncio.Future[str], spawn: Callable[[Any], None]) -> str:
+    """``future``'s result; cancelled meanwhile, it goes on, settled in the background."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        spawn(_settled(future))
+        raise
 
 
 class Runtime:
@@ -139,7 +154,10 @@ class Runtime:
         # 174-190 against 141-156 a second (four 10-s runs each, alternating). On SQLite
         # the insert then waited on the worker's claim for the one write lock (1.1 ms ->
         # 1.75 ms a save) and the rate did not move, so there it comes first.
-        self._send_while_inserting = not settings.database_url.startswith("sqlite")
+        self._send_while_inserting = not settings.is_sqlite
+        # Set by a failed insert, cleared by the next that succeeds: meanwhile the message
+        # waits for the row, so a struggling database gets no messages for rows it refused.
+        self._inserts_failing = False
         self._final_views: dict[str, tuple[float, StatusView]] = {}
         self._reads: dict[str, asyncio.Future[StatusView]] = {}
         self._throughput: dict[int, tuple[float, list[tuple[str, str, int]]]] = {}
@@ -241,12 +259,15 @@ class Runtime:
         # The event goes out with the message when Celery takes it (one round trip).
         events = [("task", TaskEvent(task_id, name, State.PENDING, Executor.CELERY).as_dict())]
         sent: asyncio.Future[str] | None = None
-        if self._send_while_inserting and broker_up and key is None and not spec.scheduled:
+        concurrent = self._send_while_inserting and not self._inserts_failing
+        if concurrent and broker_up and key is None and not spec.scheduled:
             # Only a new task (no idempotency key: its row is always created) and not one
             # beat also sends (a worker adopts those when their row is missing).
             sent = asyncio.ensure_future(
                 self._dispatch(task_id, name, spec.queue, args, priority, events=events)
             )
+        loop = asyncio.get_running_loop()
+        inserting = loop.time()
         try:
             run, created = await ledger.insert_run(
                 self.sessions,
@@ -260,18 +281,30 @@ class Runtime:
                 idempotency_key=key,
                 idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
             )
-        except BaseException:
-            if sent is not None:  # a worker finds no row and drops it (execution.ROW_WAITS)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._inserts_failing = True
+            if sent is not None:
+                # Most likely no row (a worker drops the message after its waits); should
+                # the insert have committed after all (its reply lost, a request cancelled
+                # while the group commit went on), the row is PENDING for the sweep.
                 self._spawn(_settled(sent))
             raise
+        self._inserts_failing = False
         if not created:
             return Submission(run, created=False)
         try:
-            executor = await (
-                sent
-                if sent is not None
-                else self._dispatch(run.id, name, spec.queue, args, priority, events=events)
-            )
+            if sent is None:
+                executor = await self._dispatch(
+                    run.id, name, spec.queue, args, priority, events=events
+                )
+            else:
+                # The row is in: a cancelled request must not cut the send off.
+                executor = await _shielded(sent, self._spawn)
+                if loop.time() - inserting > RESEND_AFTER_SECONDS:
+                    # A worker handed the message early may have dropped it by now
+                    # (execution.ROW_WAITS): send it again; a second claim finds it taken.
+                    executor = await self._dispatch(run.id, name, spec.queue, args, priority)
         except ExecutorFull as exc:
             error = {"type": "ExecutorFull", "message": str(exc)}
             await ledger.fail_unclaimed(self.sessions, task_id=run.id, error=error, notify=False)
