@@ -150,10 +150,11 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()
         # PostgreSQL: a submission sends the task's message while its ledger row is being
         # inserted (a worker handed it first waits for the row: execution.ROW_WAITS), and
-        # answers once both are done. 1-connection saves through wrk, worker draining:
-        # 174-190 against 141-156 a second (four 10-s runs each, alternating). On SQLite
-        # the insert then waited on the worker's claim for the one write lock (1.1 ms ->
-        # 1.75 ms a save) and the rate did not move, so there it comes first.
+        # answers once both are done. 1-connection saves through wrk, worker draining, a
+        # syncq stack alone: 167-216 against 142-184 a second (six 10-s runs each,
+        # alternating; bench_against_plain's pairs were mixed, see RESULTS.md). On SQLite
+        # the insert then waited on the worker's claim for the one write lock (1.0-1.1 ms
+        # -> 1.6-1.8 ms a save) and the rate did not move, so there the row comes first.
         self._send_while_inserting = not settings.is_sqlite
         # Set by a failed insert, cleared by the next that succeeds: meanwhile the message
         # waits for the row, so a struggling database gets no messages for rows it refused.
@@ -304,7 +305,9 @@ class Runtime:
                 if loop.time() - inserting > RESEND_AFTER_SECONDS:
                     # A worker handed the message early may have dropped it by now
                     # (execution.ROW_WAITS): send it again; a second claim finds it taken.
-                    executor = await self._dispatch(run.id, name, spec.queue, args, priority)
+                    # Should this one find no taker, the first send stands.
+                    with contextlib.suppress(ExecutorFull):
+                        executor = await self._dispatch(run.id, name, spec.queue, args, priority)
         except ExecutorFull as exc:
             error = {"type": "ExecutorFull", "message": str(exc)}
             await ledger.fail_unclaimed(self.sessions, task_id=run.id, error=error, notify=False)

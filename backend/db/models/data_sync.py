@@ -45,7 +45,8 @@ class SyncFile(Base):
     rows_unchanged: Mapped[int] = mapped_column(Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(Integer, default=0)
     # What a sync's whole-file pre-pass found (readers.FileInfo.layout), with the stored
-    # file's size and mtime then: a later sync of the same unchanged bytes starts from it.
+    # file's size, mtime, inode and ctime then: a later sync of the same unchanged file
+    # starts from it (tasks/data_sync.py, _passed_before).
     layout: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     __table_args__ = (UniqueConstraint("dataset", "checksum"),)
