@@ -336,14 +336,15 @@ async def _sync(
             f"the header row has no key column {', '.join(map(repr, missing))} "
             f"(columns: {', '.join(info.columns[:20])}); is the first row a header?"
         )
-    layout = info.layout()
-    if layout is not None:
-        layout |= _identity(stat)
-    if info.columns or (layout is not None and layout != f.layout):
+    found = info.layout()
+    new_layout = found | _identity(stat) if found is not None else None
+    if new_layout == f.layout:
+        new_layout = None  # kept already
+    if info.columns or new_layout is not None:
         async with ctx.session() as session, session.begin():
             await q.note_columns(session, name=f.dataset, columns=info.columns)
-            if layout is not None and layout != f.layout:
-                await q.keep_layout(session, file_id=f.id, layout=layout)
+            if new_layout is not None:
+                await q.keep_layout(session, file_id=f.id, layout=new_layout)
             await ctx.hold(session)
     counts = q.Counts(**checkpoint.counts) if checkpoint is not None else q.Counts()
     # A file whose last sync succeeded is most likely synced again unchanged: probe from
