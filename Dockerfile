@@ -41,4 +41,4 @@ USER 10001:10001
 
 EXPOSE 8000 5555
 
-CMD ["uvicorn", "backend.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "backend.serve", "--host", "0.0.0.0", "--port", "8000", "--access-log"]

@@ -443,12 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             launch(
                 Component(
                     "api",
-                    [sys.executable, "-m", "uvicorn", "backend.main:app",
+                    [sys.executable, "-m", "backend.serve",
                      "--host", args.host, "--port", str(args.port),
-                     "--workers", str(args.api_workers), "--no-access-log",
-                     # uvloop serves 100 connections at the same rate but unevenly: its
-                     # p99 was 0.9 to 1.4 s where asyncio's is 0.1 to 0.2 s (benchmarks/RESULTS.md).
-                     "--loop", "asyncio"],
+                     "--workers", str(args.api_workers)],
                     env,
                     logs,
                     lambda: http_ok(f"{api_base}/health"),

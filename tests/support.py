@@ -229,9 +229,8 @@ class Api(Process):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         args = [
-            sys.executable, "-m", "uvicorn", "backend.main:app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-            "--workers", str(workers), "--loop", "asyncio",
+            sys.executable, "-m", "backend.serve",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
         super().__init__(args, env, logs / f"{name}.log")
 
