@@ -26,13 +26,18 @@ LOOP = "asyncio"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backend.serve", description=__doc__)
+    parser.add_argument(
+        "--app",
+        default="backend.main:app",
+        help="the ASGI app to serve (the benchmarks serve the plain pattern's this way)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     uvicorn.run(
-        "backend.main:app",
+        args.app,
         host=args.host,
         port=args.port,
         workers=args.workers,

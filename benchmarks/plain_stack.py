@@ -65,7 +65,7 @@ def plain_stack(stack: Stack) -> Iterator[PlainStack]:
     Base.metadata.create_all(engine)
     env = stack.env | {"PLAIN_REDIS_URL": redis_url, "PLAIN_DATABASE_URL": url}
     api = Api(env, work / "logs", name="plain-api")
-    _swap(api.args, "backend.main:app", "benchmarks.plain_pattern.app:app")
+    api.args += ["--app", "benchmarks.plain_pattern.app:app"]
     worker = Worker("plain", env, work / "logs", concurrency=2)
     _swap(worker.args, "backend.celery_app", "benchmarks.plain_pattern.celery_app")
     _swap(worker.args, QUEUES, "celery")

@@ -18,7 +18,7 @@ WORKER_HINT = (
     "`celery -A backend.celery_app worker -Q database,data_sync,scheduled,default` "
     "(./scripts/start.sh starts the API and a worker together)"
 )
-API_HINT = "is the API running? start it with ./scripts/start.sh (or uvicorn backend.main:app)"
+API_HINT = "is the API running? start it with ./scripts/start.sh (or python -m backend.serve)"
 TOKEN_HINT = "the token was refused: pass --token or set API_TOKEN to one of the API's API_TOKENS"
 REDIS_HINT = "the API cannot reach Redis: check REDIS_URL and that redis-server is running"
 DATABASE_HINT = "the API cannot reach its database: check DATABASE_URL"
