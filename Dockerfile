@@ -25,7 +25,7 @@ COPY scripts/ scripts/
 RUN pip install --no-deps . \
  && rm -rf build ./*.egg-info
 
-# /app first on the path, so every entry point (uvicorn, celery, alembic) imports the same
+# /app first on the path, so every entry point (backend.serve, celery, alembic) imports the same
 # copy of the code that alembic.ini's migrations live in.
 ENV PYTHONPATH=/app \
     DATA_DIR=/data

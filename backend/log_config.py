@@ -89,7 +89,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     for name in FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
-        if foreign.handlers:  # switched off (uvicorn --no-access-log) stays off
+        if foreign.handlers:  # switched off (no --access-log to backend.serve) stays off
             foreign.handlers.clear()
             foreign.propagate = True
     for name in PER_TASK_LOGGERS:

@@ -6,6 +6,6 @@ the message with a sync SQLAlchemy session; ``GET /api/tasks/{id}`` reads ``Asyn
 from the Redis result backend. No ledger, no claim, no events.
 
     PLAIN_REDIS_URL=redis://127.0.0.1:6379/1 PLAIN_DATABASE_URL=sqlite:///plain.db \\
-        uvicorn benchmarks.plain_pattern.app:app
+        python -m backend.serve --app benchmarks.plain_pattern.app:app
     celery -A benchmarks.plain_pattern.celery_app worker -c 2
 """
