@@ -1,4 +1,4 @@
-"""The plain pattern's API (``uvicorn benchmarks.plain_pattern.app:app``).
+"""The plain pattern's API (``python -m backend.serve --app benchmarks.plain_pattern.app:app``).
 
 The routes are ``async def`` and call Celery's blocking client directly, as such backends
 usually do.
